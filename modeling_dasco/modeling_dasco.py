@@ -1,0 +1,374 @@
+"""DASCO for multimodal aspect-based sentiment analysis on a BLIP-2 vision tower and an aspect-query Q-Former."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, Blip2QFormerModel, Blip2VisionModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
+
+from .configuration_dasco import DascoConfig
+from .span_utils import decode_bio, gather_span_query_ids, masked_mean, word_spans_to_token_mask
+
+
+NUM_BIO_TAGS = 3
+
+
+@dataclass
+class DascoOutput(ModelOutput):
+    r"""
+    Output of [`DascoForMabsa`].
+
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Sum of the losses of the task, returned when labels are given.
+    mate_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Cross-entropy of the BIO tags, for tasks `mate` and `jmasa` when `mate_labels` is given.
+    masc_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Weighted cross-entropy of the aspect sentiments, for tasks `masc` and `jmasa` when `masc_labels` is given.
+    mate_logits (`torch.FloatTensor` of shape `(batch_size, num_words, 3)`):
+        BIO scores (O, B, I) of each word, read at its first sub-token.
+    masc_logits (`torch.FloatTensor` of shape `(batch_size, num_aspects, 3)`, *optional*):
+        Sentiment scores (negative, neutral, positive) of each aspect in `aspect_spans`.
+    aspect_spans (`torch.LongTensor` of shape `(batch_size, num_aspects, 2)`, *optional*):
+        Word spans `[start, end)` that `masc_logits` classify: the given ones, or the extracted ones for
+        `jmasa` without given aspects.
+    aspect_mask (`torch.LongTensor` of shape `(batch_size, num_aspects)`, *optional*):
+        1 for the real rows of `aspect_spans`.
+    text_hidden_states (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+        Text encoder output at the text positions (the visual prefix removed).
+    image_embeds (`torch.FloatTensor` of shape `(batch_size, num_patches + 1, vision_hidden_size)`, *optional*):
+        Vision tower output, one row per image.
+    """
+
+    loss: torch.FloatTensor | None = None
+    mate_loss: torch.FloatTensor | None = None
+    masc_loss: torch.FloatTensor | None = None
+    mate_logits: torch.FloatTensor | None = None
+    masc_logits: torch.FloatTensor | None = None
+    aspect_spans: torch.LongTensor | None = None
+    aspect_mask: torch.LongTensor | None = None
+    text_hidden_states: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+
+
+class DascoPreTrainedModel(PreTrainedModel):
+    config: DascoConfig
+    config_class = DascoConfig
+    base_model_prefix = "dasco"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    # As in BLIP-2, the Q-Former and its inputs stay in float32 when the rest is loaded in float16.
+    _keep_in_fp32_modules = ["query_tokens", "qformer"]
+    _no_split_modules = ["Blip2EncoderLayer", "Blip2QFormerLayer", "BertLayer"]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        _align_parameters(model)
+        return loaded
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, Blip2TextEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, DascoForMabsa):
+            init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
+
+
+def _align_parameters(model: nn.Module, alignment: int = 64) -> None:
+    """Copy parameters that the safetensors loader left at unaligned addresses into fresh storage.
+
+    CPU kernels pick different vectorized paths for unaligned memory, which changes float32 results in the
+    last bits; with aligned storage a reloaded model reproduces the saved model's outputs exactly.
+    """
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.device.type == "cpu" and parameter.data_ptr() % alignment:
+                parameter.data = parameter.data.clone()
+
+
+class DascoMascHead(nn.Module):
+    """Classify an aspect from `[mean over its span ; mean over its scope ; its visual tokens]`."""
+
+    def __init__(self, hidden_size: int, dropout: float, num_labels: int):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(3 * hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.dense(self.dropout(features)))
+        return self.out_proj(self.dropout(hidden))
+
+
+class DascoForMabsa(DascoPreTrainedModel):
+    """DASCO with aspect queries: MATE (BIO tagging), MASC (per-aspect sentiment) and JMASA in one model.
+
+    Module names follow BLIP-2 (`vision_model`, `query_tokens`, `embeddings`, `qformer`), so BLIP-2 weights
+    load under the same keys.
+    """
+
+    def __init__(self, config: DascoConfig):
+        super().__init__(config)
+        qformer_hidden = config.qformer_config.hidden_size
+        text_hidden = config.text_config.hidden_size
+
+        self.vision_model = Blip2VisionModel._from_config(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qformer_hidden))
+        self.embeddings = Blip2TextEmbeddings(config.qformer_config)
+        self.qformer = Blip2QFormerModel._from_config(config.qformer_config)
+        self.visual_projection = nn.Linear(qformer_hidden, text_hidden)
+        self.visual_layernorm = nn.LayerNorm(text_hidden, eps=config.text_config.layer_norm_eps)
+
+        self.text_encoder = AutoModel.from_config(config.text_config, add_pooling_layer=False)
+        self.mate_head = nn.Sequential(nn.Dropout(config.classifier_dropout), nn.Linear(text_hidden, NUM_BIO_TAGS))
+        self.masc_head = DascoMascHead(text_hidden, config.classifier_dropout, len(config.id2label))
+
+        if config.freeze_vision_model:
+            self.vision_model.requires_grad_(False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        word_token_start: torch.LongTensor,
+        word_token_end: torch.LongTensor,
+        word_mask: torch.LongTensor,
+        qformer_word_ids: torch.LongTensor | None = None,
+        qformer_word_mask: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        aspect_spans: torch.LongTensor | None = None,
+        aspect_scopes: torch.LongTensor | None = None,
+        aspect_mask: torch.LongTensor | None = None,
+        aspect_input_ids: torch.LongTensor | None = None,
+        aspect_query_mask: torch.LongTensor | None = None,
+        mate_labels: torch.LongTensor | None = None,
+        masc_labels: torch.LongTensor | None = None,
+        task: str | None = None,
+        **kwargs,
+    ) -> DascoOutput:
+        r"""
+        word_token_start, word_token_end (`torch.LongTensor` of shape `(batch_size, num_words)`):
+            First sub-token of each word and one past its last, in `input_ids`.
+        word_mask (`torch.LongTensor` of shape `(batch_size, num_words)`):
+            1 for the words that fit in `input_ids`.
+        qformer_word_ids, qformer_word_mask (`torch.LongTensor` of shape `(batch_size, num_words, sub_tokens)`):
+            Q-Former tokens of each word; needed to build aspect queries for spans without `aspect_input_ids`.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            Images; or pass `image_embeds`, the vision tower output, instead.
+        aspect_spans, aspect_scopes (`torch.LongTensor` of shape `(batch_size, num_aspects, 2)`):
+            Word spans `[start, end)` of the aspects to classify and of their scopes. Without them, task `jmasa`
+            classifies the spans extracted by the MATE head.
+        aspect_input_ids, aspect_query_mask (`torch.LongTensor` of shape `(batch_size, num_aspects, query_tokens)`):
+            Q-Former token ids of each aspect, used as its queries in `query_mode` `"aspect"`.
+        mate_labels (`torch.LongTensor` of shape `(batch_size, num_words)`): BIO tag ids, -100 to ignore.
+        masc_labels (`torch.LongTensor` of shape `(batch_size, num_aspects)`): label ids, -100 to ignore.
+        task (`str`, *optional*): `"mate"`, `"masc"` or `"jmasa"`; defaults to `config.task`.
+        """
+        task = task or self.config.task
+        if task not in ("mate", "masc", "jmasa"):
+            raise ValueError(f"task={task!r} is not supported; pass 'mate', 'masc' or 'jmasa'.")
+        if task == "masc" and aspect_spans is None:
+            raise ValueError("task='masc' classifies given aspects: pass aspect_spans and aspect_mask.")
+
+        # 1. Vision tower, once per image, and the tweet-level visual tokens from the learned queries.
+        image_embeds = self.get_image_features(pixel_values, image_embeds)
+        tweet_query_output = self.query_image(self.query_tokens.expand(input_ids.shape[0], -1, -1), image_embeds)
+
+        # 2. Text encoder over [visual tokens ; text embeddings]; text positions are embedded only once.
+        text_hidden = self.encode_text(input_ids, attention_mask, token_type_ids, tweet_query_output)
+
+        # 3. MATE: BIO tags read at the first sub-token of each word.
+        word_hidden = torch.gather(
+            text_hidden, 1, word_token_start.unsqueeze(-1).expand(-1, -1, text_hidden.shape[-1])
+        )
+        mate_logits = self.mate_head(word_hidden)
+        mate_loss = None
+        if mate_labels is not None and task in ("mate", "jmasa"):
+            mate_loss = nn.functional.cross_entropy(
+                mate_logits.reshape(-1, NUM_BIO_TAGS).float(), mate_labels.reshape(-1), ignore_index=-100
+            )
+        if task == "mate":
+            return DascoOutput(
+                loss=mate_loss, mate_loss=mate_loss, mate_logits=mate_logits,
+                text_hidden_states=text_hidden, image_embeds=image_embeds,
+            )  # fmt: skip
+
+        # 4. Aspects to classify: the given ones, or for JMASA inference the spans the MATE head extracted.
+        if aspect_spans is None:
+            aspect_spans, aspect_mask = self.extract_spans(mate_logits, word_mask)
+            aspect_scopes, aspect_input_ids = None, None
+        if aspect_scopes is None:
+            aspect_scopes = self.whole_tweet_scopes(word_mask, aspect_spans.shape[1])
+        if aspect_input_ids is None and self.config.query_mode != "learned":
+            aspect_input_ids, aspect_query_mask = gather_span_query_ids(
+                qformer_word_ids, qformer_word_mask, aspect_spans, aspect_mask, self.config.qformer_config.pad_token_id
+            )
+
+        # 5. MASC: [span mean ; scope mean ; aspect-aligned visual tokens] -> 3 classes.
+        visual = self.aspect_visual_features(
+            aspect_input_ids, aspect_query_mask, aspect_mask, image_embeds, tweet_query_output
+        )
+        num_tokens = text_hidden.shape[1]
+        span_mask = word_spans_to_token_mask(aspect_spans, word_token_start, word_token_end, num_tokens)
+        scope_mask = word_spans_to_token_mask(aspect_scopes, word_token_start, word_token_end, num_tokens)
+        features = torch.cat([masked_mean(text_hidden, span_mask), masked_mean(text_hidden, scope_mask), visual], -1)
+        masc_logits = self.masc_head(features)
+
+        # 6. Losses.
+        masc_loss = None
+        if masc_labels is not None and aspect_mask.any():
+            masc_loss = self.masc_loss(masc_logits, masc_labels, aspect_mask)
+        losses = [loss for loss in (mate_loss, masc_loss) if loss is not None]
+        return DascoOutput(
+            loss=sum(losses) if losses else None,
+            mate_loss=mate_loss,
+            masc_loss=masc_loss,
+            mate_logits=mate_logits,
+            masc_logits=masc_logits,
+            aspect_spans=aspect_spans,
+            aspect_mask=aspect_mask,
+            text_hidden_states=text_hidden,
+            image_embeds=image_embeds,
+        )
+
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor | None, image_embeds: torch.FloatTensor | None
+    ) -> torch.FloatTensor | None:
+        """Run the vision tower once per image; returns `[batch, num_patches + 1, vision_hidden]` or None without images."""
+        if not self.config.use_image:
+            return None
+        if image_embeds is not None:
+            return image_embeds
+        if pixel_values is None:
+            raise ValueError("Pass pixel_values or image_embeds, or set config.use_image=False for a text-only model.")
+        pixel_values = pixel_values.to(self.vision_model.embeddings.patch_embedding.weight.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_model):
+            return self.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def query_image(
+        self,
+        query_embeds: torch.Tensor,
+        image_embeds: torch.Tensor | None,
+        query_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """Run the Q-Former with `query_embeds [n, queries, hidden]` over `image_embeds [n, patches, vision_hidden]`."""
+        if image_embeds is None:
+            return None
+        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        output = self.qformer(
+            query_embeds=query_embeds,
+            query_length=query_embeds.shape[1],
+            attention_mask=query_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        )
+        return output.last_hidden_state
+
+    def encode_text(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        token_type_ids: torch.LongTensor | None,
+        tweet_query_output: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Encode the tweet with the projected tweet-level visual tokens prefixed; returns the text positions only."""
+        text_embeds = self.text_encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        mask = attention_mask
+        num_prefix = 0
+        if tweet_query_output is not None:
+            prefix = self.project_visual(tweet_query_output).to(text_embeds.dtype)
+            num_prefix = prefix.shape[1]
+            text_embeds = torch.cat([prefix, text_embeds], dim=1)
+            mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)
+        mask_4d = create_bidirectional_mask(
+            config=self.text_encoder.config, inputs_embeds=text_embeds, attention_mask=mask
+        )
+        hidden = self.text_encoder.encoder(text_embeds, attention_mask=mask_4d).last_hidden_state
+        return hidden[:, num_prefix:]
+
+    def project_visual(self, qformer_output: torch.Tensor) -> torch.Tensor:
+        """Map Q-Former states `[..., qformer_hidden]` to the text encoder width."""
+        projected = self.visual_projection(qformer_output.to(self.visual_projection.weight.dtype))
+        return self.visual_layernorm(projected)
+
+    def aspect_visual_features(
+        self,
+        aspect_input_ids: torch.LongTensor | None,
+        aspect_query_mask: torch.LongTensor | None,
+        aspect_mask: torch.LongTensor,
+        image_embeds: torch.Tensor | None,
+        tweet_query_output: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Pool the Q-Former output of each aspect's queries; returns `[batch, aspects, text_hidden]`."""
+        batch_size, num_aspects = aspect_mask.shape
+        text_hidden = self.config.text_config.hidden_size
+        features = self.query_tokens.new_zeros(batch_size, num_aspects, text_hidden)
+        if image_embeds is None or not aspect_mask.any():
+            return features
+
+        if self.config.query_mode == "learned":
+            pooled = self.project_visual(tweet_query_output).mean(1)
+            return pooled[:, None, :].expand(-1, num_aspects, -1) * aspect_mask[..., None]
+
+        # Only real aspects go through the Q-Former, each against its own tweet's image.
+        tweet_index, aspect_index = aspect_mask.nonzero(as_tuple=True)
+        query_ids = aspect_input_ids[tweet_index, aspect_index]
+        query_mask = aspect_query_mask[tweet_index, aspect_index]
+        query_embeds = self.embeddings(input_ids=query_ids)
+        if self.config.query_mode == "aspect+learned":
+            learned = self.query_tokens.expand(query_ids.shape[0], -1, -1)
+            query_embeds = torch.cat([learned, query_embeds], dim=1)
+            query_mask = torch.cat([query_mask.new_ones(learned.shape[:2]), query_mask], dim=1)
+        output = self.query_image(query_embeds, image_embeds[tweet_index], query_mask)
+        pooled = masked_mean(output, query_mask[:, None, :]).squeeze(1)
+        features = features.to(pooled.dtype)
+        features[tweet_index, aspect_index] = self.project_visual(pooled).to(features.dtype)
+        return features
+
+    def extract_spans(
+        self, mate_logits: torch.Tensor, word_mask: torch.LongTensor
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Decode the MATE head's BIO tags (strict IOB2) into padded spans `[batch, aspects, 2]` and a mask."""
+        tags = mate_logits.argmax(-1).tolist()
+        lengths = word_mask.sum(-1).tolist()
+        spans_per_tweet = [decode_bio(row[:length]) for row, length in zip(tags, lengths)]
+        num_aspects = max([len(spans) for spans in spans_per_tweet] + [1])
+        spans = torch.zeros(len(tags), num_aspects, 2, dtype=torch.long, device=mate_logits.device)
+        mask = torch.zeros(len(tags), num_aspects, dtype=torch.long, device=mate_logits.device)
+        for row, tweet_spans in enumerate(spans_per_tweet):
+            for column, (start, end) in enumerate(tweet_spans):
+                spans[row, column] = torch.tensor([start, end])
+                mask[row, column] = 1
+        return spans, mask
+
+    @staticmethod
+    def whole_tweet_scopes(word_mask: torch.LongTensor, num_aspects: int) -> torch.LongTensor:
+        """Scopes that cover every word of the tweet, for aspects without a computed scope."""
+        ends = word_mask.sum(-1)
+        scopes = torch.stack([torch.zeros_like(ends), ends], dim=-1)
+        return scopes[:, None, :].expand(-1, num_aspects, -1)
+
+    def masc_loss(
+        self, masc_logits: torch.Tensor, masc_labels: torch.LongTensor, aspect_mask: torch.LongTensor
+    ) -> torch.Tensor:
+        """Cross-entropy over real aspects, weighted by `config.masc_class_weights` when set."""
+        weight = None
+        if self.config.masc_class_weights is not None:
+            weight = torch.tensor(self.config.masc_class_weights, dtype=torch.float, device=masc_logits.device)
+        labels = masc_labels.masked_fill(aspect_mask == 0, -100)
+        return nn.functional.cross_entropy(
+            masc_logits.reshape(-1, masc_logits.shape[-1]).float(), labels.reshape(-1), weight=weight, ignore_index=-100
+        )
+
+
+__all__ = ["DascoForMabsa", "DascoOutput", "DascoPreTrainedModel"]

@@ -1,0 +1,36 @@
+"""The one record type that every data reader produces, and the package's label map."""
+
+from dataclasses import dataclass, field
+
+# One label map for the whole package, also stored in `DascoConfig.id2label`.
+ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
+LABEL2ID = {label: index for index, label in ID2LABEL.items()}
+
+# BIO tags for aspect term extraction (MATE), one tag per word, strict IOB2.
+BIO_TAGS = ("O", "B", "I")
+BIO2ID = {tag: index for index, tag in enumerate(BIO_TAGS)}
+
+
+@dataclass(frozen=True)
+class AspectSpan:
+    """One gold aspect: words `[start, end)` of its tweet and its polarity id (negative=0, neutral=1, positive=2)."""
+
+    start: int
+    end: int
+    polarity: int
+    term: tuple[str, ...]
+
+
+@dataclass
+class MabsaRecord:
+    """One tweet (or review) with its image id and gold aspects, whatever file format it came from.
+
+    `source` names the file and the row (1-based line or record number) the tweet was read from,
+    so that errors about this record can point the user to it.
+    """
+
+    tweet_id: str
+    words: list[str]
+    image_id: str
+    aspects: list[AspectSpan] = field(default_factory=list)
+    source: str = ""
