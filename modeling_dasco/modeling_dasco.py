@@ -84,8 +84,8 @@ class DascoPreTrainedModel(PreTrainedModel):
 def _align_parameters(model: nn.Module, alignment: int = 64) -> None:
     """Copy parameters that the safetensors loader left at unaligned addresses into fresh storage.
 
-    CPU kernels pick different vectorized paths for unaligned memory, which changes float32 results in the
-    last bits; with aligned storage a reloaded model reproduces the saved model's outputs exactly.
+    CPU kernels take other vectorized paths on unaligned memory, so float32 results change in the last bits.
+    With aligned storage, a reloaded model reproduces the saved model's outputs exactly.
     """
     with torch.no_grad():
         for parameter in model.parameters():

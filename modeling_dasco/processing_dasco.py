@@ -14,8 +14,9 @@ class DascoProcessor(ProcessorMixin):
 
     Words are tokenized one by one, so every word owns at least one sub-token (the tokenizer's unknown token
     when it yields none) and `word_token_start`/`word_token_end` align words with sub-tokens exactly. When a
-    tweet is longer than `max_length` sub-tokens, whole words are dropped from its end; aspect queries are
-    built from all words and never cut, and an aspect that does not fit is flagged in `aspect_truncated`.
+    tweet is longer than `max_length` sub-tokens, whole words are dropped from its end. Aspect queries are
+    built from all words, so they are never cut. An aspect whose words do not fit is flagged in
+    `aspect_truncated` and left out of `aspect_mask`.
 
     Args:
         image_processor: a BLIP-2 image processor (`BlipImageProcessor`).

@@ -1,0 +1,329 @@
+"""Fine-tune DASCO for MATE, MASC or JMASA with accelerate.
+
+    accelerate launch train.py --preset offline-minilm --data-dir data/sample --blank-missing-images \
+        --task jmasa --output-dir runs/sample
+
+The best epoch on the dev split is kept; the test split is scored once, at the end. The output folder holds
+the model (safetensors, loadable with `trust_remote_code=True`), the processor and `all_results.json`.
+"""
+
+import argparse
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoProcessor, get_scheduler
+
+import modeling_dasco  # noqa: F401  (registers the Auto classes)
+from modeling_dasco.images import ImageLoader
+from modeling_dasco.presets import build_offline_preset
+from modeling_dasco.training_utils import (
+    DEFAULT_SELECTION_METRIC,
+    MabsaCollator,
+    class_weights_from_records,
+    classified_gold_aspects,
+    count_truncated_aspects,
+    extracted_aspects,
+    extracted_spans,
+    gold_aspects,
+    load_splits,
+    model_inputs,
+    score_predictions,
+    write_json,
+)
+
+
+logger = get_logger(__name__)
+PRESETS = ("offline-minilm",)
+BEST_MODEL_DIR = "best_model"
+CHECKPOINT_PATTERN = re.compile(r"^(epoch|step)_(\d+)$")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="DASCO checkpoint folder or Hub id to fine-tune (e.g. a converted BLIP-2).")
+    source.add_argument("--preset", choices=PRESETS, help="Build a model from a preset instead of a checkpoint.")
+    parser.add_argument("--data-dir", required=True, help="Folder with train/dev/test in VLP JSON or TomBERT TSV/TXT.")
+    parser.add_argument("--data-format", choices=("json", "tsv", "txt"), help="Data format; default: by extension.")
+    parser.add_argument("--image-dir", help="Folder with the tweet images, named by the records' image ids.")
+    parser.add_argument(
+        "--blank-missing-images", action="store_true",
+        help="Substitute one fixed blank image for each missing or unreadable image and report the count.",
+    )  # fmt: skip
+    parser.add_argument("--task", choices=("mate", "masc", "jmasa"), default="jmasa", help="Task to train.")
+    parser.add_argument("--output-dir", required=True, help="Folder for the model, processor and results.")
+    parser.add_argument("--overwrite-output-dir", action="store_true", help="Allow writing into a non-empty folder.")
+    parser.add_argument("--num-train-epochs", type=int, default=3, help="Number of passes over the train split.")
+    parser.add_argument("--per-device-train-batch-size", type=int, default=16, help="Tweets per batch and device.")
+    parser.add_argument("--per-device-eval-batch-size", type=int, default=32, help="Tweets per evaluation batch.")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="Batches per optimizer step.")
+    parser.add_argument("--learning-rate", type=float, default=5e-5, help="Peak learning rate of AdamW.")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay.")
+    parser.add_argument("--warmup-ratio", type=float, default=0.1, help="Fraction of steps with linear warmup.")
+    parser.add_argument("--max-length", type=int, default=128, help="Maximum text length in sub-tokens.")
+    parser.add_argument(
+        "--masc-class-weights", default="none",
+        help="MASC loss weights: 'none', 'balanced' (from the train split) or three numbers 'neg,neu,pos'.",
+    )  # fmt: skip
+    parser.add_argument("--selection-metric", help="Dev metric for model selection; default depends on the task.")
+    parser.add_argument("--query-mode", choices=("aspect", "learned", "aspect+learned"), help="Override query_mode.")
+    parser.add_argument("--max-train-samples", type=int, help="Use only the first N training tweets (for quick runs).")
+    parser.add_argument("--seed", type=int, default=42, help="Random seed.")
+    parser.add_argument(
+        "--checkpointing-steps", default=None,
+        help="Save the training state every N optimizer steps, or 'epoch' after each epoch.",
+    )  # fmt: skip
+    parser.add_argument("--resume-from-checkpoint", help="A step_N or epoch_N folder written by --checkpointing-steps.")
+    args = parser.parse_args(argv)
+    if args.selection_metric is None:
+        args.selection_metric = DEFAULT_SELECTION_METRIC[args.task]
+    return args
+
+
+def check_output_dir(args) -> Path:
+    output_dir = Path(args.output_dir)
+    occupied = output_dir.is_dir() and any(output_dir.iterdir())
+    if occupied and not (args.overwrite_output_dir or args.resume_from_checkpoint):
+        raise FileExistsError(
+            f"Output folder {output_dir} is not empty. Pass --overwrite-output-dir to write into it, "
+            "or --resume-from-checkpoint to continue a run saved there."
+        )
+    return output_dir
+
+
+def parse_class_weights(value: str, train_records) -> list[float] | None:
+    if value == "none":
+        return None
+    if value == "balanced":
+        return class_weights_from_records(train_records)
+    try:
+        weights = [float(part) for part in value.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != 3:
+        raise ValueError(f"--masc-class-weights {value!r} is invalid: pass 'none', 'balanced' or 'neg,neu,pos'.")
+    return weights
+
+
+def build_model(args, train_records):
+    overrides = {"task": args.task}
+    if args.query_mode:
+        overrides["query_mode"] = args.query_mode
+    overrides["masc_class_weights"] = parse_class_weights(args.masc_class_weights, train_records)
+    if args.preset == "offline-minilm":
+        return build_offline_preset(max_length=args.max_length, **overrides)
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=torch.float32, **overrides)
+    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    processor.max_length = args.max_length
+    return model, processor
+
+
+def make_dataloaders(args, splits, processor, image_loader):
+    collator = MabsaCollator(processor, image_loader)
+    generator = torch.Generator().manual_seed(args.seed)
+    train = DataLoader(
+        splits["train"], batch_size=args.per_device_train_batch_size, shuffle=True,
+        collate_fn=collator, generator=generator,
+    )  # fmt: skip
+    dev = DataLoader(splits["dev"], batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+    test = DataLoader(splits["test"], batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+    return train, dev, test
+
+
+@torch.no_grad()
+def evaluate(model, dataloader, records, task: str, accelerator) -> dict[str, float]:
+    """Predict a split on every process, gather the predictions and score them against all gold aspects."""
+    model.eval()
+    predictions = {"spans": [], "joint": [], "gold_polarities": {}}
+    for batch in dataloader:
+        tweet_ids = batch["tweet_ids"]
+        if task == "mate":
+            outputs = model(**model_inputs(batch, with_labels=False), task="mate")
+            spans = extracted_spans(outputs, batch["word_mask"], tweet_ids)
+            predictions["spans"] += _gather(accelerator, spans)
+            continue
+        classified = model(**model_inputs(batch, with_labels=False), task="masc")
+        gold_polarities = classified_gold_aspects(classified, batch, tweet_ids)
+        predictions["gold_polarities"].update(dict(_gather(accelerator, list(gold_polarities.items()))))
+        if task == "jmasa":
+            joint = model(**model_inputs(batch, with_labels=False, with_aspects=False), task="jmasa")
+            predictions["joint"] += _gather(accelerator, extracted_aspects(joint, tweet_ids))
+    model.train()
+    return score_predictions(task, gold_aspects(records), predictions)
+
+
+def _gather(accelerator, items: list) -> list:
+    # NOTE: per-item gathering drops duplicated padding samples only when items map one to one to tweets;
+    # predictions are keyed by tweet id, so a duplicated tweet adds no new tuple to the scored sets.
+    if accelerator.num_processes == 1:
+        return items
+    gathered = accelerator.gather_object(items)
+    return list(dict.fromkeys(gathered))
+
+
+def resume_position(path: str, steps_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batches to skip in it) for a checkpoint folder named epoch_N or step_N."""
+    match = CHECKPOINT_PATTERN.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"--resume-from-checkpoint {path}: expected a folder named epoch_N or step_N.")
+    kind, number = match.group(1), int(match.group(2))
+    if kind == "epoch":
+        return number + 1, 0
+    return number // steps_per_epoch, number % steps_per_epoch
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dataloader_config = DataLoaderConfiguration(use_seedable_sampler=True)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, dataloader_config=dataloader_config
+    )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ValueError("fp16 mixed precision is not supported on a CPU; pass --mixed_precision bf16 or no.")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = check_output_dir(args)
+    set_seed(args.seed)
+    started = time.time()
+
+    # 1. Data, model, processor.
+    with accelerator.main_process_first():
+        splits = load_splits(args.data_dir, args.data_format)
+    if args.max_train_samples:
+        splits["train"] = splits["train"][: args.max_train_samples]
+    model, processor = build_model(args, splits["train"])
+    logger.info(f"MASC class weights: {model.config.masc_class_weights}", main_process_only=True)
+    image_loader = ImageLoader(args.image_dir, blank_missing_images=args.blank_missing_images)
+    train_loader, dev_loader, test_loader = make_dataloaders(args, splits, processor, image_loader)
+
+    # 2. Optimizer and schedule; the step counts are recomputed after `prepare` shards the data.
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    model, optimizer, train_loader, dev_loader, test_loader = accelerator.prepare(
+        model, optimizer, train_loader, dev_loader, test_loader
+    )
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_steps = steps_per_epoch * args.num_train_epochs
+    scheduler = get_scheduler(
+        "linear", optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps) * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
+    )  # fmt: skip
+    scheduler = accelerator.prepare(scheduler)
+
+    # 3. Train with dev-set model selection.
+    state = {"best_dev": None, "best_epoch": None, "dev_history": [], "truncated_aspects": 0}
+    start_epoch, skip_batches = 0, 0
+    if args.resume_from_checkpoint:
+        accelerator.load_state(args.resume_from_checkpoint)
+        state = _read_state(args.resume_from_checkpoint, state)
+        start_epoch, skip_batches = resume_position(args.resume_from_checkpoint, steps_per_epoch)
+        logger.info(f"Resumed from {args.resume_from_checkpoint} at epoch {start_epoch}, step {skip_batches}")
+    progress = tqdm(
+        range(max_steps), initial=start_epoch * steps_per_epoch + skip_batches,
+        disable=not accelerator.is_local_main_process, desc="train",
+    )  # fmt: skip
+    for epoch in range(start_epoch, args.num_train_epochs):
+        train_one_epoch(args, model, optimizer, scheduler, train_loader, accelerator, progress, state, epoch, skip_batches)
+        skip_batches = 0
+        dev_scores = evaluate(model, dev_loader, splits["dev"], args.task, accelerator)
+        select_best(args, model, dev_scores, epoch, state, accelerator, output_dir)
+        if args.checkpointing_steps == "epoch":
+            save_checkpoint(accelerator, output_dir / f"epoch_{epoch}", state)
+    progress.close()
+
+    # 4. Reload the best dev epoch, score test once, save.
+    finish(args, model, processor, test_loader, splits, state, accelerator, output_dir, image_loader, started)
+
+
+def train_one_epoch(args, model, optimizer, scheduler, loader, accelerator, progress, state, epoch, skip_batches):
+    model.train()
+    loader.set_epoch(epoch)
+    batches = accelerator.skip_first_batches(loader, skip_batches * args.gradient_accumulation_steps)
+    completed = epoch * math.ceil(len(loader) / args.gradient_accumulation_steps) + skip_batches
+    for batch in batches:
+        if epoch == 0:
+            state["truncated_aspects"] += count_truncated_aspects(batch)
+        with accelerator.accumulate(model):
+            outputs = model(**model_inputs(batch, with_labels=True), task=args.task)
+            accelerator.backward(outputs.loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        completed += 1
+        progress.update(1)
+        progress.set_postfix(epoch=epoch, loss=f"{outputs.loss.item():.4f}")
+        if args.checkpointing_steps and args.checkpointing_steps.isdigit():
+            if completed % int(args.checkpointing_steps) == 0:
+                save_checkpoint(accelerator, Path(args.output_dir) / f"step_{completed}", state)
+
+
+def select_best(args, model, dev_scores, epoch, state, accelerator, output_dir):
+    value = dev_scores[args.selection_metric]
+    state["dev_history"].append({"epoch": epoch, **dev_scores})
+    logger.info(f"epoch {epoch} dev: {_format(dev_scores)}", main_process_only=True)
+    if state["best_dev"] is not None and value <= state["best_dev"][args.selection_metric]:
+        return
+    state["best_dev"], state["best_epoch"] = dev_scores, epoch
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(output_dir / BEST_MODEL_DIR)
+    accelerator.wait_for_everyone()
+
+
+def save_checkpoint(accelerator, path: Path, state: dict) -> None:
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        write_json(path / "trainer_state.json", state)
+
+
+def _read_state(path: str, default: dict) -> dict:
+    import json
+
+    state_file = Path(path) / "trainer_state.json"
+    return json.loads(state_file.read_text()) if state_file.exists() else default
+
+
+def finish(args, model, processor, test_loader, splits, state, accelerator, output_dir, image_loader, started):
+    unwrapped = accelerator.unwrap_model(model)
+    best_dir = output_dir / BEST_MODEL_DIR
+    unwrapped.load_state_dict(load_file(best_dir / "model.safetensors"))
+    test_scores = evaluate(model, test_loader, splits["test"], args.task, accelerator)
+    logger.info(f"test (best dev epoch {state['best_epoch']}): {_format(test_scores)}", main_process_only=True)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    unwrapped.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    shutil.rmtree(best_dir)
+    results = {f"dev_{name}": value for name, value in state["best_dev"].items()}
+    results.update({f"test_{name}": value for name, value in test_scores.items()})
+    results.update(
+        task=args.task, best_epoch=state["best_epoch"], selection_metric=args.selection_metric,
+        dev_history=state["dev_history"], train_runtime_seconds=round(time.time() - started, 1),
+        blank_images=len(set(image_loader.blank_image_ids)), truncated_train_aspects=state["truncated_aspects"],
+        num_processes=accelerator.num_processes,
+    )  # fmt: skip
+    write_json(output_dir / "all_results.json", results)
+    if results["blank_images"]:
+        logger.warning(f"{results['blank_images']} missing or unreadable images were replaced by a blank image.")
+    print(f"dev: {_format(state['best_dev'])}\ntest: {_format(test_scores)}\nsaved to {output_dir}")
+
+
+def _format(scores: dict) -> str:
+    return ", ".join(f"{name}={value:.4f}" for name, value in sorted(scores.items()))
+
+
+if __name__ == "__main__":
+    main()
