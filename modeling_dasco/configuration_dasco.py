@@ -39,6 +39,28 @@ class DascoConfig(PreTrainedConfig):
     masc_class_weights (`list[float]`, *optional*):
         Cross-entropy weights of the MASC loss in label order (negative, neutral, positive). `None` means
         unweighted. `train.py` fills this from the training split.
+    use_semantic_branch, use_syntactic_branch (`bool`, *optional*, defaults to `True`):
+        Ablation switches of the dual GCN: the learned attention adjacency and the dependency adjacency. With
+        both off, the heads read the text encoder states directly.
+    use_scope_loss (`bool`, *optional*, defaults to `True`):
+        Ablation switch of the scope contrastive loss.
+    num_gcn_layers (`int`, *optional*, defaults to 2):
+        Layers of the dual GCN.
+    gcn_hidden_size (`int`, *optional*, defaults to 256):
+        Width of the dual GCN.
+    gcn_dropout (`float`, *optional*, defaults to 0.1):
+        Dropout on each GCN layer's output.
+    fusion_gate_scale (`float`, *optional*, defaults to 1.0):
+        Upper bound of the learned gate that mixes the syntactic branch into the semantic one.
+    projection_size (`int`, *optional*, defaults to 64):
+        Bottleneck of the projection head applied before the scope contrastive loss.
+    scope_hops (`int`, *optional*, defaults to 2):
+        An aspect's scope is the smallest contiguous word span covering every word within this many
+        dependency hops of the aspect.
+    scope_temperature (`float`, *optional*, defaults to 0.2):
+        Temperature of the scope contrastive loss.
+    scope_loss_weight (`float`, *optional*, defaults to 0.2):
+        Weight of the scope contrastive loss in the total loss.
 
     Example:
 
@@ -75,6 +97,17 @@ class DascoConfig(PreTrainedConfig):
     freeze_vision_model: bool = True
     classifier_dropout: float = 0.1
     masc_class_weights: list[float] | None = None
+    use_semantic_branch: bool = True
+    use_syntactic_branch: bool = True
+    use_scope_loss: bool = True
+    num_gcn_layers: int = 2
+    gcn_hidden_size: int = 256
+    gcn_dropout: float = 0.1
+    fusion_gate_scale: float = 1.0
+    projection_size: int = 64
+    scope_hops: int = 2
+    scope_temperature: float = 0.2
+    scope_loss_weight: float = 0.2
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -100,6 +133,8 @@ class DascoConfig(PreTrainedConfig):
             raise ValueError(f"query_mode={self.query_mode!r} is not supported; pass one of {QUERY_MODES}.")
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not supported; pass one of {TASKS}.")
+        if self.scope_hops < 0:
+            raise ValueError(f"scope_hops={self.scope_hops} is invalid; pass 0 or a positive number of hops.")
         if self.masc_class_weights is not None and len(self.masc_class_weights) != len(DASCO_ID2LABEL):
             raise ValueError(
                 f"masc_class_weights needs {len(DASCO_ID2LABEL)} values (negative, neutral, positive), "

@@ -11,6 +11,8 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 
 from .configuration_dasco import DascoConfig
+from .dependency_utils import span_scope
+from .dual_gcn import DascoDualGCN, DascoProjectionHead, scope_contrastive_loss
 from .span_utils import decode_bio, gather_span_query_ids, masked_mean, word_spans_to_token_mask
 
 
@@ -28,6 +30,8 @@ class DascoOutput(ModelOutput):
         Cross-entropy of the BIO tags, for tasks `mate` and `jmasa` when `mate_labels` is given.
     masc_loss (`torch.FloatTensor` of shape `()`, *optional*):
         Weighted cross-entropy of the aspect sentiments, for tasks `masc` and `jmasa` when `masc_labels` is given.
+    scope_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Scope contrastive loss of the given aspects (unweighted), when labels are given and it is switched on.
     mate_logits (`torch.FloatTensor` of shape `(batch_size, num_words, 3)`):
         BIO scores (O, B, I) of each word, read at its first sub-token.
     masc_logits (`torch.FloatTensor` of shape `(batch_size, num_aspects, 3)`, *optional*):
@@ -37,8 +41,11 @@ class DascoOutput(ModelOutput):
         `jmasa` without given aspects.
     aspect_mask (`torch.LongTensor` of shape `(batch_size, num_aspects)`, *optional*):
         1 for the real rows of `aspect_spans`.
+    aspect_scopes (`torch.LongTensor` of shape `(batch_size, num_aspects, 2)`, *optional*):
+        Word spans `[start, end)` of the scopes used for `aspect_spans`.
     text_hidden_states (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
-        Text encoder output at the text positions (the visual prefix removed).
+        Scope-aware states H' that the heads read: the text encoder output (visual prefix removed) plus the
+        dual GCN's contribution.
     image_embeds (`torch.FloatTensor` of shape `(batch_size, num_patches + 1, vision_hidden_size)`, *optional*):
         Vision tower output, one row per image.
     """
@@ -46,10 +53,12 @@ class DascoOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     mate_loss: torch.FloatTensor | None = None
     masc_loss: torch.FloatTensor | None = None
+    scope_loss: torch.FloatTensor | None = None
     mate_logits: torch.FloatTensor | None = None
     masc_logits: torch.FloatTensor | None = None
     aspect_spans: torch.LongTensor | None = None
     aspect_mask: torch.LongTensor | None = None
+    aspect_scopes: torch.LongTensor | None = None
     text_hidden_states: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
 
@@ -127,6 +136,12 @@ class DascoForMabsa(DascoPreTrainedModel):
         self.visual_layernorm = nn.LayerNorm(text_hidden, eps=config.text_config.layer_norm_eps)
 
         self.text_encoder = AutoModel.from_config(config.text_config, add_pooling_layer=False)
+        self.dual_gcn = None
+        self.projection_head = None
+        if config.use_semantic_branch or config.use_syntactic_branch:
+            self.dual_gcn = DascoDualGCN(text_hidden, config)
+            if config.use_scope_loss:
+                self.projection_head = DascoProjectionHead(config.gcn_hidden_size, config.projection_size)
         self.mate_head = nn.Sequential(nn.Dropout(config.classifier_dropout), nn.Linear(text_hidden, NUM_BIO_TAGS))
         self.masc_head = DascoMascHead(text_hidden, config.classifier_dropout, len(config.id2label))
 
@@ -151,6 +166,8 @@ class DascoForMabsa(DascoPreTrainedModel):
         aspect_mask: torch.LongTensor | None = None,
         aspect_input_ids: torch.LongTensor | None = None,
         aspect_query_mask: torch.LongTensor | None = None,
+        word_heads: torch.LongTensor | None = None,
+        syntax_adjacency: torch.FloatTensor | None = None,
         mate_labels: torch.LongTensor | None = None,
         masc_labels: torch.LongTensor | None = None,
         task: str | None = None,
@@ -170,6 +187,10 @@ class DascoForMabsa(DascoPreTrainedModel):
             classifies the spans extracted by the MATE head.
         aspect_input_ids, aspect_query_mask (`torch.LongTensor` of shape `(batch_size, num_aspects, query_tokens)`):
             Q-Former token ids of each aspect, used as its queries in `query_mode` `"aspect"`.
+        word_heads (`torch.LongTensor` of shape `(batch_size, num_words)`):
+            0-based dependency head of each word (-1 for padding); gives the scopes of extracted spans.
+        syntax_adjacency (`torch.FloatTensor` of shape `(batch_size, sequence_length, sequence_length)`):
+            Sub-token dependency graph with self-loops, from the processor; needed by the syntactic branch.
         mate_labels (`torch.LongTensor` of shape `(batch_size, num_words)`): BIO tag ids, -100 to ignore.
         masc_labels (`torch.LongTensor` of shape `(batch_size, num_aspects)`): label ids, -100 to ignore.
         task (`str`, *optional*): `"mate"`, `"masc"` or `"jmasa"`; defaults to `config.task`.
@@ -185,9 +206,12 @@ class DascoForMabsa(DascoPreTrainedModel):
         tweet_query_output = self.query_image(self.query_tokens.expand(input_ids.shape[0], -1, -1), image_embeds)
 
         # 2. Text encoder over [visual tokens ; text embeddings]; text positions are embedded only once.
-        text_hidden = self.encode_text(input_ids, attention_mask, token_type_ids, tweet_query_output)
+        encoder_hidden = self.encode_text(input_ids, attention_mask, token_type_ids, tweet_query_output)
 
-        # 3. MATE: BIO tags read at the first sub-token of each word.
+        # 3. Dual GCN: semantic and syntactic branches fused into scope-aware states H'.
+        text_hidden, first_view, second_view = self.fuse_branches(encoder_hidden, attention_mask, syntax_adjacency)
+
+        # 4. MATE: BIO tags read at the first sub-token of each word.
         word_hidden = torch.gather(
             text_hidden, 1, word_token_start.unsqueeze(-1).expand(-1, -1, text_hidden.shape[-1])
         )
@@ -197,46 +221,55 @@ class DascoForMabsa(DascoPreTrainedModel):
             mate_loss = nn.functional.cross_entropy(
                 mate_logits.reshape(-1, NUM_BIO_TAGS).float(), mate_labels.reshape(-1), ignore_index=-100
             )
-        if task == "mate":
-            return DascoOutput(
-                loss=mate_loss, mate_loss=mate_loss, mate_logits=mate_logits,
-                text_hidden_states=text_hidden, image_embeds=image_embeds,
-            )  # fmt: skip
 
-        # 4. Aspects to classify: the given ones, or for JMASA inference the spans the MATE head extracted.
-        if aspect_spans is None:
+        # 5. Aspects: the given ones, or for JMASA inference the spans the MATE head extracted; their scopes.
+        if aspect_spans is None and task == "jmasa":
             aspect_spans, aspect_mask = self.extract_spans(mate_logits, word_mask)
             aspect_scopes, aspect_input_ids = None, None
-        if aspect_scopes is None:
-            aspect_scopes = self.whole_tweet_scopes(word_mask, aspect_spans.shape[1])
+        if aspect_spans is not None and aspect_scopes is None:
+            aspect_scopes = self.compute_scopes(aspect_spans, aspect_mask, word_heads, word_mask)
+        num_tokens = text_hidden.shape[1]
+        if aspect_spans is not None:
+            span_mask = word_spans_to_token_mask(aspect_spans, word_token_start, word_token_end, num_tokens)
+            scope_mask = word_spans_to_token_mask(aspect_scopes, word_token_start, word_token_end, num_tokens)
+        scope_loss = None
+        has_labels = mate_labels is not None or masc_labels is not None
+        if self.projection_head is not None and has_labels and aspect_spans is not None and aspect_mask.any():
+            scope_loss = self.scope_loss(first_view, second_view, span_mask, scope_mask, aspect_mask, word_mask,
+                                         word_token_start, word_token_end)  # fmt: skip
+        if task == "mate":
+            losses = [loss for loss in (mate_loss, self.weighted(scope_loss)) if loss is not None]
+            return DascoOutput(
+                loss=sum(losses) if losses else None, mate_loss=mate_loss, scope_loss=scope_loss,
+                mate_logits=mate_logits, text_hidden_states=text_hidden, image_embeds=image_embeds,
+            )  # fmt: skip
+
+        # 6. MASC: [span mean ; scope mean ; aspect-aligned visual tokens] -> 3 classes.
         if aspect_input_ids is None and self.config.query_mode != "learned":
             aspect_input_ids, aspect_query_mask = gather_span_query_ids(
                 qformer_word_ids, qformer_word_mask, aspect_spans, aspect_mask, self.config.qformer_config.pad_token_id
             )
-
-        # 5. MASC: [span mean ; scope mean ; aspect-aligned visual tokens] -> 3 classes.
         visual = self.aspect_visual_features(
             aspect_input_ids, aspect_query_mask, aspect_mask, image_embeds, tweet_query_output
         )
-        num_tokens = text_hidden.shape[1]
-        span_mask = word_spans_to_token_mask(aspect_spans, word_token_start, word_token_end, num_tokens)
-        scope_mask = word_spans_to_token_mask(aspect_scopes, word_token_start, word_token_end, num_tokens)
         features = torch.cat([masked_mean(text_hidden, span_mask), masked_mean(text_hidden, scope_mask), visual], -1)
         masc_logits = self.masc_head(features)
 
-        # 6. Losses.
+        # 7. Losses: CE(MATE) + CE(MASC, class weights) + scope_loss_weight * scope contrastive loss.
         masc_loss = None
         if masc_labels is not None and aspect_mask.any():
             masc_loss = self.masc_loss(masc_logits, masc_labels, aspect_mask)
-        losses = [loss for loss in (mate_loss, masc_loss) if loss is not None]
+        losses = [loss for loss in (mate_loss, masc_loss, self.weighted(scope_loss)) if loss is not None]
         return DascoOutput(
             loss=sum(losses) if losses else None,
             mate_loss=mate_loss,
             masc_loss=masc_loss,
+            scope_loss=scope_loss,
             mate_logits=mate_logits,
             masc_logits=masc_logits,
             aspect_spans=aspect_spans,
             aspect_mask=aspect_mask,
+            aspect_scopes=aspect_scopes,
             text_hidden_states=text_hidden,
             image_embeds=image_embeds,
         )
@@ -334,6 +367,58 @@ class DascoForMabsa(DascoPreTrainedModel):
         features = features.to(pooled.dtype)
         features[tweet_index, aspect_index] = self.project_visual(pooled).to(features.dtype)
         return features
+
+    def fuse_branches(
+        self, encoder_hidden: torch.Tensor, attention_mask: torch.LongTensor, syntax_adjacency: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Run the dual GCN; returns H' and the two views of the contrastive loss (None without the GCN)."""
+        if self.dual_gcn is None:
+            return encoder_hidden, None, None
+        if self.config.use_syntactic_branch and syntax_adjacency is None:
+            raise ValueError(
+                "The syntactic branch needs syntax_adjacency: pass dependency_heads to the processor (see "
+                "modeling_dasco.parsing.DependencyParser), or set config.use_syntactic_branch=False."
+            )
+        return self.dual_gcn(encoder_hidden, attention_mask, syntax_adjacency)
+
+    def compute_scopes(
+        self,
+        aspect_spans: torch.LongTensor,
+        aspect_mask: torch.LongTensor,
+        word_heads: torch.LongTensor | None,
+        word_mask: torch.LongTensor,
+    ) -> torch.LongTensor:
+        """Scopes by the `scope_hops` rule when a parse is given, else the whole tweet; clipped to kept words."""
+        scopes = self.whole_tweet_scopes(word_mask, aspect_spans.shape[1]).clone()
+        if word_heads is None:
+            return scopes
+        kept = word_mask.sum(-1).tolist()
+        for row, column in aspect_mask.nonzero().tolist():
+            heads = [head for head in word_heads[row].tolist() if head >= 0]
+            start, end = aspect_spans[row, column].tolist()
+            first, last = span_scope(heads, start, end, self.config.scope_hops)
+            scopes[row, column, 0] = first
+            scopes[row, column, 1] = min(last, kept[row])
+        return scopes
+
+    def scope_loss(
+        self, first_view, second_view, span_mask, scope_mask, aspect_mask, word_mask, word_token_start, word_token_end
+    ) -> torch.Tensor:
+        """Scope contrastive loss on the projected views; see `scope_contrastive_loss` for the formula."""
+        whole = torch.stack([torch.zeros_like(word_mask[:, 0]), word_mask.sum(-1)], -1)[:, None, :]
+        word_token_mask = word_spans_to_token_mask(whole, word_token_start, word_token_end, span_mask.shape[-1])
+        return scope_contrastive_loss(
+            self.projection_head(first_view),
+            self.projection_head(second_view),
+            span_mask,
+            scope_mask,
+            word_token_mask[:, 0],
+            aspect_mask,
+            self.config.scope_temperature,
+        )
+
+    def weighted(self, scope_loss: torch.Tensor | None) -> torch.Tensor | None:
+        return None if scope_loss is None else self.config.scope_loss_weight * scope_loss
 
     def extract_spans(
         self, mate_logits: torch.Tensor, word_mask: torch.LongTensor

@@ -5,6 +5,7 @@ import copy
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
+from .dependency_utils import span_scope, subtoken_adjacency
 from .image_utils import to_rgb
 
 
@@ -23,10 +24,14 @@ class DascoProcessor(ProcessorMixin):
         tokenizer: the text encoder's tokenizer (BERT family, WordPiece).
         qformer_tokenizer: the Q-Former's tokenizer (`bert-base-uncased` vocabulary in BLIP-2).
         max_length (`int`, *optional*, defaults to 128): maximum text length in sub-tokens, special tokens included.
+        scope_hops (`int`, *optional*, defaults to 2): the scope rule's hop limit, as `DascoConfig.scope_hops`.
     """
 
-    def __init__(self, image_processor, tokenizer, qformer_tokenizer, max_length: int = 128, **kwargs):
+    def __init__(
+        self, image_processor, tokenizer, qformer_tokenizer, max_length: int = 128, scope_hops: int = 2, **kwargs
+    ):
         self.max_length = max_length
+        self.scope_hops = scope_hops
         if qformer_tokenizer is tokenizer:
             # ProcessorMixin.save_pretrained edits each tokenizer's init_kwargs; one shared object breaks it.
             qformer_tokenizer = copy.deepcopy(tokenizer)
@@ -39,6 +44,7 @@ class DascoProcessor(ProcessorMixin):
         aspect_spans: list[list[tuple[int, int]]] | None = None,
         aspect_scopes: list[list[tuple[int, int]]] | None = None,
         polarities: list[list[int]] | None = None,
+        dependency_heads: list[list[int]] | None = None,
         image_embeds: torch.Tensor | None = None,
         return_tensors: str = "pt",
         **kwargs,
@@ -48,8 +54,11 @@ class DascoProcessor(ProcessorMixin):
             words: one list of words per tweet (the datasets are pre-tokenized).
             images: one PIL image per tweet, of any mode; converted to RGB.
             aspect_spans: per tweet, word spans `[start, end)` of the aspects. Gives `mate_labels` (BIO) too.
-            aspect_scopes: per tweet and aspect, the word span `[start, end)` of its scope.
+            aspect_scopes: per tweet and aspect, the word span `[start, end)` of its scope. Without it, scopes
+                follow the `scope_hops` rule on `dependency_heads`, or cover the whole tweet without a parse.
             polarities: per tweet and aspect, label ids (negative=0, neutral=1, positive=2); gives `masc_labels`.
+            dependency_heads: per tweet, the 0-based head of each word (the root points to itself); gives
+                `word_heads` and the sub-token `syntax_adjacency`.
             image_embeds: `[batch, patches, vision_hidden]` vision features to pass through instead of images.
         """
         if return_tensors != "pt":
@@ -58,6 +67,13 @@ class DascoProcessor(ProcessorMixin):
             raise ValueError("Pass words as a list of tweets, each a list of words: [['Chuck', 'Bass', ...], ...].")
 
         encoding = self.encode_words(words)
+        if dependency_heads is not None:
+            encoding.update(self.encode_dependencies(words, dependency_heads, encoding))
+            if aspect_spans is not None and aspect_scopes is None:
+                aspect_scopes = [
+                    [span_scope(heads, start, end, self.scope_hops) for start, end in spans]
+                    for heads, spans in zip(dependency_heads, aspect_spans)
+                ]
         if aspect_spans is not None:
             encoding.update(self.encode_aspects(words, aspect_spans, aspect_scopes, polarities, encoding))
         if images is not None:
@@ -106,6 +122,24 @@ class DascoProcessor(ProcessorMixin):
             "qformer_word_ids": qformer_word_ids,
             "qformer_word_mask": qformer_word_mask,
         }
+
+    def encode_dependencies(self, words, dependency_heads, encoding) -> dict:
+        """Word heads padded with -1, and the sub-token dependency adjacency `[batch, tokens, tokens]`."""
+        num_tokens = encoding["input_ids"].shape[1]
+        word_heads = torch.full(encoding["word_mask"].shape, -1, dtype=torch.long)
+        adjacency = torch.zeros(len(words), num_tokens, num_tokens)
+        for row, heads in enumerate(dependency_heads):
+            if len(heads) != len(words[row]):
+                raise ValueError(
+                    f"Tweet {row} of the batch has {len(words[row])} words but {len(heads)} dependency heads; "
+                    "parse the given words without re-tokenizing them (one head per word)."
+                )
+            word_heads[row, : len(heads)] = torch.tensor(heads, dtype=torch.long)
+            kept = int(encoding["word_mask"][row].sum())
+            starts = encoding["word_token_start"][row, :kept].tolist()
+            ends = encoding["word_token_end"][row, :kept].tolist()
+            adjacency[row] = subtoken_adjacency(heads, starts, ends, num_tokens)
+        return {"word_heads": word_heads, "syntax_adjacency": adjacency}
 
     def encode_aspects(self, words, aspect_spans, aspect_scopes, polarities, encoding) -> dict:
         """Batch aspects as `[batch, aspects, ...]` with masks, their Q-Former queries, BIO and sentiment labels."""

