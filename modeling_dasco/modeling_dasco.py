@@ -79,7 +79,7 @@ class DascoPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        _align_parameters(model)
+        align_parameters(model)
         return loaded
 
     def _init_weights(self, module):
@@ -90,7 +90,7 @@ class DascoPreTrainedModel(PreTrainedModel):
             init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
 
 
-def _align_parameters(model: nn.Module, alignment: int = 64) -> None:
+def align_parameters(model: nn.Module, alignment: int = 64) -> None:
     """Copy parameters that the safetensors loader left at unaligned addresses into fresh storage.
 
     CPU kernels take other vectorized paths on unaligned memory, so float32 results change in the last bits.

@@ -64,14 +64,21 @@ def build_offline_preset(max_length: int = 128, **config_overrides) -> tuple[Das
     return model, build_processor(tokenizer, qformer_tokenizer, max_length)
 
 
-def build_processor(tokenizer, qformer_tokenizer, max_length: int = 128) -> DascoProcessor:
-    """A DascoProcessor with BLIP-2's image settings (224 px, CLIP mean and std)."""
+def build_processor(
+    tokenizer,
+    qformer_tokenizer,
+    max_length: int = 128,
+    size: dict | None = None,
+    image_mean: list[float] | None = None,
+    image_std: list[float] | None = None,
+) -> DascoProcessor:
+    """A DascoProcessor; the image settings default to BLIP-2's (224 px, CLIP mean and std)."""
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     image_processor = BlipImageProcessorPil(
-        size={"height": 224, "width": 224},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
+        size=size or {"height": 224, "width": 224},
+        image_mean=image_mean or [0.48145466, 0.4578275, 0.40821073],
+        image_std=image_std or [0.26862954, 0.26130258, 0.27577711],
     )
     return DascoProcessor(image_processor, tokenizer, qformer_tokenizer, max_length=max_length)
 
