@@ -119,11 +119,19 @@ def load_converted_weights(model: DascoForMabsa, tensors: dict[str, torch.Tensor
     report.add("initialized", missing)
 
 
-def save_checkpoint(model, processor, output: Path, dtype: str, report: ConversionReport) -> None:
+def save_checkpoint(model, processor, output: Path, args, report: ConversionReport) -> None:
+    """Save the model in `args.dtype`, the processor and the report; print the report; push when asked."""
     output.mkdir(parents=True, exist_ok=True)
-    model.to(DTYPES[dtype]).save_pretrained(output)
+    model.to(DTYPES[args.dtype]).save_pretrained(output)
     processor.save_pretrained(output)
     (output / "conversion_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    print(report.render())
+    print(f"saved to {output}")
+    if args.push_to_hub:
+        from modeling_dasco.hub_utils import push_checkpoint
+
+        commit = push_checkpoint(output, args.hub_model_id, revision=args.hub_revision)
+        print(f"pushed to {args.hub_model_id} (commit {commit})")
 
 
 def image_processor_settings(source_dir: Path, image_size: int) -> dict:

@@ -163,14 +163,7 @@ def convert(args) -> ConversionReport:
         tokenizer, qformer_tokenizer(source, vocab_size is None, args), image_processor_settings(source, image_size),
         args.max_length,
     )  # fmt: skip
-    save_checkpoint(model, processor, output, args.dtype, report)
-    print(report.render())
-    print(f"saved to {output}")
-    if args.push_to_hub:
-        from modeling_dasco.hub_utils import push_checkpoint
-
-        commit = push_checkpoint(output, args.hub_model_id, revision=args.hub_revision)
-        print(f"pushed to {args.hub_model_id} (commit {commit})")
+    save_checkpoint(model, processor, output, args, report)
     return report
 
 
