@@ -8,6 +8,7 @@ the model (safetensors, loadable with `trust_remote_code=True`), the processor a
 """
 
 import argparse
+import json
 import logging
 import math
 import re
@@ -18,27 +19,30 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor, get_scheduler
 
 import modeling_dasco  # noqa: F401  (registers the Auto classes)
+from model_cards import write_model_card
+from modeling_dasco.hub_utils import push_checkpoint
+from modeling_dasco.feature_cache import VisionFeatureCache
 from modeling_dasco.images import ImageLoader
 from modeling_dasco.parsing import DEFAULT_PARSER_MODEL, DependencyParser, parse_records
 from modeling_dasco.presets import build_offline_preset
 from modeling_dasco.training_utils import (
     DEFAULT_SELECTION_METRIC,
     MabsaCollator,
+    attach_image_embeds,
     class_weights_from_records,
-    classified_gold_aspects,
     count_truncated_aspects,
-    extracted_aspects,
-    extracted_spans,
     gold_aspects,
     load_splits,
+    merge_tweet_rows,
     model_inputs,
+    predict_tweets,
     score_predictions,
     write_json,
 )
@@ -98,16 +102,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--parse-cache-dir", default=str(Path.home() / ".cache" / "dasco_qformer" / "parses"),
         help="Folder of the on-disk parse cache, keyed by a hash of the model and the words.",
     )  # fmt: skip
+    parser.add_argument("--push-to-hub", action="store_true", help="Upload the output folder to the Hub at the end.")
+    parser.add_argument("--hub-model-id", help="Hub repository for --push-to-hub, e.g. org/dasco-qformer.")
+    parser.add_argument("--hub-revision", help="Branch to push to (created when missing); default: main.")
+    parser.add_argument("--hub-private", action="store_true", help="Create the Hub repository as private.")
     parser.add_argument("--max-train-samples", type=int, help="Use only the first N training tweets (for quick runs).")
     parser.add_argument("--seed", type=int, default=42, help="Random seed.")
     parser.add_argument(
         "--checkpointing-steps", default=None,
         help="Save the training state every N optimizer steps, or 'epoch' after each epoch.",
     )  # fmt: skip
+    parser.add_argument(
+        "--vision-cache-dir",
+        help="Cache the frozen vision tower's features here (safetensors per image) and reuse them every epoch and run.",
+    )  # fmt: skip
     parser.add_argument("--resume-from-checkpoint", help="A step_N or epoch_N folder written by --checkpointing-steps.")
+    parser.add_argument(
+        "--eval-only", action="store_true",
+        help="Score --model on the dev and test splits and write eval_results.json; no training.",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.selection_metric is None:
         args.selection_metric = DEFAULT_SELECTION_METRIC[args.task]
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push-to-hub needs --hub-model-id (for example org/dasco-qformer).")
     return args
 
 
@@ -152,8 +170,16 @@ def build_model(args, train_records):
     return model, processor
 
 
-def make_dataloaders(args, splits, processor, image_loader):
-    collator = MabsaCollator(processor, image_loader)
+def make_feature_cache(args, model, processor) -> VisionFeatureCache | None:
+    if not args.vision_cache_dir:
+        return None
+    if not (model.config.use_image and model.config.freeze_vision_model):
+        raise ValueError("--vision-cache-dir needs a frozen vision tower; drop it, or keep freeze_vision_model=True.")
+    return VisionFeatureCache(args.vision_cache_dir, model.vision_model, processor.image_processor)
+
+
+def make_dataloaders(args, splits, processor, image_loader, feature_cache=None):
+    collator = MabsaCollator(processor, image_loader, feature_cache=feature_cache)
     generator = torch.Generator().manual_seed(args.seed)
     train = DataLoader(
         splits["train"], batch_size=args.per_device_train_batch_size, shuffle=True,
@@ -165,34 +191,20 @@ def make_dataloaders(args, splits, processor, image_loader):
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, records, task: str, accelerator) -> dict[str, float]:
-    """Predict a split on every process, gather the predictions and score them against all gold aspects."""
+def evaluate(model, dataloader, records, task: str, accelerator) -> tuple[dict[str, float], int]:
+    """Predict a split on every process, gather one row per tweet and score the rows against all gold aspects.
+
+    Returns the scores and the number of tweets gathered, which equals the split's size: the samples that
+    accelerate repeats to even out the last batch across processes are dropped by `gather_for_metrics`.
+    """
     model.eval()
-    predictions = {"spans": [], "joint": [], "gold_polarities": {}}
+    rows = []
     for batch in dataloader:
-        tweet_ids = batch["tweet_ids"]
-        if task == "mate":
-            outputs = model(**model_inputs(batch, with_labels=False), task="mate")
-            spans = extracted_spans(outputs, batch["word_mask"], tweet_ids)
-            predictions["spans"] += _gather(accelerator, spans)
-            continue
-        classified = model(**model_inputs(batch, with_labels=False), task="masc")
-        gold_polarities = classified_gold_aspects(classified, batch, tweet_ids)
-        predictions["gold_polarities"].update(dict(_gather(accelerator, list(gold_polarities.items()))))
-        if task == "jmasa":
-            joint = model(**model_inputs(batch, with_labels=False, with_aspects=False), task="jmasa")
-            predictions["joint"] += _gather(accelerator, extracted_aspects(joint, tweet_ids))
+        batch = attach_image_embeds(batch, dataloader.collate_fn.feature_cache, accelerator.device)
+        tweet_rows = predict_tweets(model, batch, task)
+        rows += accelerator.gather_for_metrics(tweet_rows, use_gather_object=True)
     model.train()
-    return score_predictions(task, gold_aspects(records), predictions)
-
-
-def _gather(accelerator, items: list) -> list:
-    # NOTE: per-item gathering drops duplicated padding samples only when items map one to one to tweets;
-    # predictions are keyed by tweet id, so a duplicated tweet adds no new tuple to the scored sets.
-    if accelerator.num_processes == 1:
-        return items
-    gathered = accelerator.gather_object(items)
-    return list(dict.fromkeys(gathered))
+    return score_predictions(task, gold_aspects(records), merge_tweet_rows(rows)), len(rows)
 
 
 def resume_position(path: str, steps_per_epoch: int) -> tuple[int, int]:
@@ -212,26 +224,27 @@ def main(argv=None):
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, dataloader_config=dataloader_config
     )
+    # Checked before any weights load: autocast to fp16 does nothing on a CPU, so the run would silently be fp32.
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("fp16 mixed precision is not supported on a CPU; pass --mixed_precision bf16 or no.")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output_dir = check_output_dir(args)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not args.resume_from_checkpoint:
+            (output_dir / "train_log.jsonl").unlink(missing_ok=True)
     set_seed(args.seed)
     started = time.time()
 
-    # 1. Data, model, processor.
+    # 1. Data (parsed once, on the main process first so the others read its parse cache), model, processor.
     with accelerator.main_process_first():
-        splits = load_splits(args.data_dir, args.data_format)
-        if args.max_train_samples:
-            splits["train"] = splits["train"][: args.max_train_samples]
-        parser = DependencyParser(args.parser_model, cache_dir=args.parse_cache_dir)
-        for records in splits.values():
-            parse_records(records, parser)
+        splits = load_parsed_splits(args)
     model, processor = build_model(args, splits["train"])
     processor.scope_hops = model.config.scope_hops
     logger.info(f"MASC class weights: {model.config.masc_class_weights}", main_process_only=True)
     image_loader = ImageLoader(args.image_dir, blank_missing_images=args.blank_missing_images)
-    train_loader, dev_loader, test_loader = make_dataloaders(args, splits, processor, image_loader)
+    feature_cache = make_feature_cache(args, model, processor)
+    train_loader, dev_loader, test_loader = make_dataloaders(args, splits, processor, image_loader, feature_cache)
 
     # 2. Optimizer and schedule; the step counts are recomputed after `prepare` shards the data.
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
@@ -239,6 +252,9 @@ def main(argv=None):
     model, optimizer, train_loader, dev_loader, test_loader = accelerator.prepare(
         model, optimizer, train_loader, dev_loader, test_loader
     )
+    if args.eval_only:
+        evaluate_only(args, model, dev_loader, test_loader, splits, accelerator, output_dir)
+        return
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_steps = steps_per_epoch * args.num_train_epochs
     scheduler = get_scheduler(
@@ -249,20 +265,20 @@ def main(argv=None):
 
     # 3. Train with dev-set model selection.
     state = {"best_dev": None, "best_epoch": None, "dev_history": [], "truncated_aspects": 0}
-    start_epoch, skip_batches = 0, 0
+    start_epoch, skip_steps = 0, 0
     if args.resume_from_checkpoint:
         accelerator.load_state(args.resume_from_checkpoint)
         state = _read_state(args.resume_from_checkpoint, state)
-        start_epoch, skip_batches = resume_position(args.resume_from_checkpoint, steps_per_epoch)
-        logger.info(f"Resumed from {args.resume_from_checkpoint} at epoch {start_epoch}, step {skip_batches}")
+        start_epoch, skip_steps = resume_position(args.resume_from_checkpoint, steps_per_epoch)
+        logger.info(f"Resumed from {args.resume_from_checkpoint} at epoch {start_epoch}, step {skip_steps}")
     progress = tqdm(
-        range(max_steps), initial=start_epoch * steps_per_epoch + skip_batches,
+        range(max_steps), initial=start_epoch * steps_per_epoch + skip_steps,
         disable=not accelerator.is_local_main_process, desc="train",
     )  # fmt: skip
     for epoch in range(start_epoch, args.num_train_epochs):
-        train_one_epoch(args, model, optimizer, scheduler, train_loader, accelerator, progress, state, epoch, skip_batches)
-        skip_batches = 0
-        dev_scores = evaluate(model, dev_loader, splits["dev"], args.task, accelerator)
+        train_one_epoch(args, model, optimizer, scheduler, train_loader, accelerator, progress, state, epoch, skip_steps)
+        skip_steps = 0
+        dev_scores, _ = evaluate(model, dev_loader, splits["dev"], args.task, accelerator)
         select_best(args, model, dev_scores, epoch, state, accelerator, output_dir)
         if args.checkpointing_steps == "epoch":
             save_checkpoint(accelerator, output_dir / f"epoch_{epoch}", state)
@@ -272,14 +288,49 @@ def main(argv=None):
     finish(args, model, processor, test_loader, splits, state, accelerator, output_dir, image_loader, started)
 
 
-def train_one_epoch(args, model, optimizer, scheduler, loader, accelerator, progress, state, epoch, skip_batches):
+def load_parsed_splits(args) -> dict:
+    splits = load_splits(args.data_dir, args.data_format)
+    if args.max_train_samples:
+        splits["train"] = splits["train"][: args.max_train_samples]
+    parser = DependencyParser(args.parser_model, cache_dir=args.parse_cache_dir)
+    for records in splits.values():
+        parse_records(records, parser)
+    return splits
+
+
+def evaluate_only(args, model, dev_loader, test_loader, splits, accelerator, output_dir):
+    results = {}
+    for split, loader in (("dev", dev_loader), ("test", test_loader)):
+        scores, num_tweets = evaluate(model, loader, splits[split], args.task, accelerator)
+        results.update({f"{split}_{name}": value for name, value in scores.items()})
+        results[f"{split}_predicted_tweets"] = num_tweets
+    results["num_processes"] = accelerator.num_processes
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(output_dir / "eval_results.json", results)
+        print(f"dev: {_format(_scores_only(results, 'dev'))}\ntest: {_format(_scores_only(results, 'test'))}")
+
+
+def _scores_only(results: dict, split: str) -> dict:
+    prefix = f"{split}_"
+    return {key[len(prefix) :]: value for key, value in results.items() if key.startswith(prefix)}
+
+
+def train_one_epoch(args, model, optimizer, scheduler, loader, accelerator, progress, state, epoch, skip_steps):
+    """One pass over the train split, from optimizer step `skip_steps` of the epoch when resuming.
+
+    The main process appends each optimizer step's loss and tweet ids to `train_log.jsonl` in the output folder.
+    """
     model.train()
     loader.set_epoch(epoch)
-    batches = accelerator.skip_first_batches(loader, skip_batches * args.gradient_accumulation_steps)
-    completed = epoch * math.ceil(len(loader) / args.gradient_accumulation_steps) + skip_batches
+    batches = accelerator.skip_first_batches(loader, skip_steps * args.gradient_accumulation_steps)
+    completed = epoch * math.ceil(len(loader) / args.gradient_accumulation_steps) + skip_steps
+    step_tweets = []
     for batch in batches:
         if epoch == 0:
             state["truncated_aspects"] += count_truncated_aspects(batch)
+        step_tweets += batch["tweet_ids"]
+        batch = attach_image_embeds(batch, loader.collate_fn.feature_cache, accelerator.device)
         with accelerator.accumulate(model):
             outputs = model(**model_inputs(batch, with_labels=True), task=args.task)
             accelerator.backward(outputs.loss)
@@ -291,6 +342,11 @@ def train_one_epoch(args, model, optimizer, scheduler, loader, accelerator, prog
         completed += 1
         progress.update(1)
         progress.set_postfix(epoch=epoch, loss=f"{outputs.loss.item():.4f}")
+        if accelerator.is_main_process:
+            entry = {"step": completed, "epoch": epoch, "loss": outputs.loss.item(), "tweet_ids": step_tweets}
+            with open(Path(args.output_dir) / "train_log.jsonl", "a", encoding="utf-8") as log:
+                log.write(json.dumps(entry) + "\n")
+        step_tweets = []
         if args.checkpointing_steps and args.checkpointing_steps.isdigit():
             if completed % int(args.checkpointing_steps) == 0:
                 save_checkpoint(accelerator, Path(args.output_dir) / f"step_{completed}", state)
@@ -316,8 +372,6 @@ def save_checkpoint(accelerator, path: Path, state: dict) -> None:
 
 
 def _read_state(path: str, default: dict) -> dict:
-    import json
-
     state_file = Path(path) / "trainer_state.json"
     return json.loads(state_file.read_text()) if state_file.exists() else default
 
@@ -326,7 +380,8 @@ def finish(args, model, processor, test_loader, splits, state, accelerator, outp
     unwrapped = accelerator.unwrap_model(model)
     best_dir = output_dir / BEST_MODEL_DIR
     unwrapped.load_state_dict(load_file(best_dir / "model.safetensors"))
-    test_scores = evaluate(model, test_loader, splits["test"], args.task, accelerator)
+    test_scores, num_test_tweets = evaluate(model, test_loader, splits["test"], args.task, accelerator)
+    blank_ids = gather_object(sorted(set(image_loader.blank_image_ids)))
     logger.info(f"test (best dev epoch {state['best_epoch']}): {_format(test_scores)}", main_process_only=True)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -339,10 +394,14 @@ def finish(args, model, processor, test_loader, splits, state, accelerator, outp
     results.update(
         task=args.task, best_epoch=state["best_epoch"], selection_metric=args.selection_metric,
         dev_history=state["dev_history"], train_runtime_seconds=round(time.time() - started, 1),
-        blank_images=len(set(image_loader.blank_image_ids)), truncated_train_aspects=state["truncated_aspects"],
-        num_processes=accelerator.num_processes,
+        blank_images=len(set(blank_ids)), truncated_train_aspects=state["truncated_aspects"],
+        num_processes=accelerator.num_processes, test_predicted_tweets=num_test_tweets,
     )  # fmt: skip
     write_json(output_dir / "all_results.json", results)
+    write_model_card(output_dir, results, vars(args), base_model=args.model or args.preset)
+    if args.push_to_hub:
+        commit = push_checkpoint(output_dir, args.hub_model_id, revision=args.hub_revision, private=args.hub_private)
+        logger.info(f"Pushed {output_dir} to {args.hub_model_id} (commit {commit})")
     if results["blank_images"]:
         logger.warning(f"{results['blank_images']} missing or unreadable images were replaced by a blank image.")
     print(f"dev: {_format(state['best_dev'])}\ntest: {_format(test_scores)}\nsaved to {output_dir}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .data import find_split_file, read_split
+from .feature_cache import BLANK_IMAGE_KEY
 from .images import ImageLoader
 from .metrics import mabsa_scores, masc_scores, span_scores
 from .records import ID2LABEL, MabsaRecord
@@ -21,15 +22,41 @@ DEFAULT_SELECTION_METRIC = {"mate": "mate_f1", "masc": "masc_accuracy", "jmasa":
 
 
 class MabsaCollator:
-    """Turn a list of records into a model batch: load each tweet's own image and run the processor."""
+    """Turn a list of records into a model batch: load each tweet's own image and run the processor.
 
-    def __init__(self, processor, image_loader: ImageLoader | None, with_labels: bool = True):
+    With a vision feature cache, images whose features are cached are not loaded: the batch then carries
+    `image_keys` (one per tweet) and `pixel_keys` (one per row of `pixel_values`) for `attach_image_embeds`.
+    """
+
+    def __init__(self, processor, image_loader: ImageLoader | None, with_labels: bool = True, feature_cache=None):
         self.processor = processor
         self.image_loader = image_loader
         self.with_labels = with_labels
+        self.feature_cache = feature_cache
 
     def __call__(self, records: list[MabsaRecord]) -> dict:
+        if self.feature_cache is not None:
+            return self.collate_with_cache(records)
         images = None if self.image_loader is None else [self.image_loader.load(record) for record in records]
+        return self.encode(records, images)
+
+    def collate_with_cache(self, records: list[MabsaRecord]) -> dict:
+        image_keys, pixel_keys, images = [], [], []
+        for record in records:
+            key = record.image_id
+            if not self.feature_cache.contains(key):
+                blanks_before = self.image_loader.num_blank
+                image = self.image_loader.load(record)
+                key = BLANK_IMAGE_KEY if self.image_loader.num_blank > blanks_before else record.image_id
+                if not self.feature_cache.contains(key) and key not in pixel_keys:
+                    pixel_keys.append(key)
+                    images.append(image)
+            image_keys.append(key)
+        batch = self.encode(records, images or None)
+        batch["image_keys"], batch["pixel_keys"] = image_keys, pixel_keys
+        return batch
+
+    def encode(self, records: list[MabsaRecord], images) -> dict:
         spans = [[(aspect.start, aspect.end) for aspect in record.aspects] for record in records]
         polarities = [[aspect.polarity for aspect in record.aspects] for record in records]
         parsed = all(record.dependency_heads is not None for record in records)
@@ -43,6 +70,15 @@ class MabsaCollator:
         batch = dict(batch)
         batch["tweet_ids"] = [record.tweet_id for record in records]
         return batch
+
+
+def attach_image_embeds(batch: dict, feature_cache, device) -> dict:
+    """Replace a cached batch's images by their vision features (a no-op without a cache)."""
+    if feature_cache is None:
+        return batch
+    pixel_values = batch.pop("pixel_values", None)
+    batch["image_embeds"] = feature_cache.image_embeds(batch["image_keys"], batch["pixel_keys"], pixel_values, device)
+    return batch
 
 
 def load_splits(data_dir: str | Path, data_format: str | None, splits=("train", "dev", "test")) -> dict:
@@ -79,43 +115,44 @@ def model_inputs(batch: dict, with_labels: bool, with_aspects: bool = True) -> d
     return {key: value for key, value in batch.items() if key not in skip}
 
 
-def extracted_aspects(outputs, tweet_ids: list[str]) -> list[tuple[str, int, int, int]]:
-    """(tweet_id, start, end, polarity) of the aspects a JMASA forward extracted and classified."""
-    predictions = []
-    spans = outputs.aspect_spans.tolist()
-    mask = outputs.aspect_mask.tolist()
+def predict_tweets(model, batch: dict, task: str) -> list[dict]:
+    """One prediction row per tweet of the batch: extracted spans (MATE), extracted aspects with polarity
+    (JMASA) and the polarity of each gold aspect that fit in the text (MASC, JMASA)."""
+    rows = [{"tweet_id": tweet_id, "spans": [], "joint": [], "gold_polarities": []} for tweet_id in batch["tweet_ids"]]
+    if task == "mate":
+        outputs = model(**model_inputs(batch, with_labels=False), task="mate")
+        tags = outputs.mate_logits.argmax(-1).tolist()
+        for row, tweet_tags, length in zip(rows, tags, batch["word_mask"].sum(-1).tolist()):
+            row["spans"] = [(row["tweet_id"], start, end) for start, end in decode_bio(tweet_tags[:length])]
+        return rows
+
+    classified = model(**model_inputs(batch, with_labels=False), task="masc")
+    for row, aspects in zip(rows, _aspects_with_labels(classified, batch["aspect_spans"], batch["aspect_mask"])):
+        row["gold_polarities"] = [((row["tweet_id"], start, end), label) for start, end, label in aspects]
+    if task == "jmasa":
+        joint = model(**model_inputs(batch, with_labels=False, with_aspects=False), task="jmasa")
+        for row, aspects in zip(rows, _aspects_with_labels(joint, joint.aspect_spans, joint.aspect_mask)):
+            row["joint"] = [(row["tweet_id"], start, end, label) for start, end, label in aspects]
+    return rows
+
+
+def _aspects_with_labels(outputs, spans: torch.Tensor, mask: torch.Tensor) -> list[list[tuple[int, int, int]]]:
+    """Per tweet, (start, end, predicted label) of each real aspect row."""
     labels = outputs.masc_logits.argmax(-1).tolist()
-    for row, tweet_id in enumerate(tweet_ids):
-        for column, keep in enumerate(mask[row]):
-            if keep:
-                start, end = spans[row][column]
-                predictions.append((tweet_id, start, end, labels[row][column]))
-    return predictions
+    result = []
+    for tweet_spans, tweet_mask, tweet_labels in zip(spans.tolist(), mask.tolist(), labels):
+        result.append([(start, end, label) for (start, end), keep, label in zip(tweet_spans, tweet_mask, tweet_labels) if keep])
+    return result
 
 
-def extracted_spans(outputs, word_mask: torch.Tensor, tweet_ids: list[str]) -> list[tuple[str, int, int]]:
-    """(tweet_id, start, end) decoded (strict IOB2) from the MATE logits."""
-    tags = outputs.mate_logits.argmax(-1).tolist()
-    lengths = word_mask.sum(-1).tolist()
-    return [
-        (tweet_id, start, end)
-        for tweet_id, row, length in zip(tweet_ids, tags, lengths)
-        for start, end in decode_bio(row[:length])
-    ]
-
-
-def classified_gold_aspects(outputs, batch: dict, tweet_ids: list[str]) -> dict[tuple[str, int, int], int]:
-    """Map each gold aspect that fit in the text to its predicted polarity."""
-    predictions = {}
-    spans = batch["aspect_spans"].tolist()
-    mask = batch["aspect_mask"].tolist()
-    labels = outputs.masc_logits.argmax(-1).tolist()
-    for row, tweet_id in enumerate(tweet_ids):
-        for column, keep in enumerate(mask[row]):
-            if keep:
-                start, end = spans[row][column]
-                predictions[(tweet_id, start, end)] = labels[row][column]
-    return predictions
+def merge_tweet_rows(rows: list[dict]) -> dict:
+    """Combine per-tweet rows into the prediction sets that `score_predictions` takes."""
+    merged = {"spans": [], "joint": [], "gold_polarities": {}}
+    for row in rows:
+        merged["spans"] += row["spans"]
+        merged["joint"] += row["joint"]
+        merged["gold_polarities"].update(dict(row["gold_polarities"]))
+    return merged
 
 
 def gold_aspects(records: list[MabsaRecord]) -> list[tuple[str, int, int, int]]:
