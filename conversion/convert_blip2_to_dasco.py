@@ -130,11 +130,23 @@ def qformer_embeddings(tensors: dict, args, report: ConversionReport) -> tuple[d
     return embeddings, embeddings["embeddings.word_embeddings.weight"].shape[0]
 
 
-def qformer_tokenizer(source: Path, from_checkpoint: bool, args):
-    """The checkpoint's own BERT tokenizer for ITM checkpoints, else the tokenizer of the embeddings' BERT."""
+def qformer_tokenizer(source: Path, from_checkpoint: bool, args, report: ConversionReport):
+    """The checkpoint's own BERT tokenizer for ITM checkpoints that ship one, else the tokenizer of
+    `--qformer-embeddings-from`; the report says which."""
     if from_checkpoint and (source / "tokenizer_config.json").is_file():
+        report.notes.append(f"Q-Former tokenizer: from the BLIP-2 checkpoint {source}.")
         return AutoTokenizer.from_pretrained(source)
-    return AutoTokenizer.from_pretrained(args.qformer_embeddings_from)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.qformer_embeddings_from)
+    except OSError as error:
+        raise ValueError(
+            f"{source} has no tokenizer files, and the Q-Former tokenizer could not be loaded from "
+            f"--qformer-embeddings-from {args.qformer_embeddings_from!r} ({error.__class__.__name__}). Pass a local "
+            "BERT folder (bert-base-uncased vocabulary) as --qformer-embeddings-from, or copy the BLIP-2 "
+            "checkpoint's tokenizer files into its folder."
+        ) from error
+    report.notes.append(f"Q-Former tokenizer: from {args.qformer_embeddings_from}.")
+    return tokenizer
 
 
 def convert(args) -> ConversionReport:
@@ -160,7 +172,7 @@ def convert(args) -> ConversionReport:
 
     image_size = model.config.vision_config.image_size
     processor = make_processor(
-        tokenizer, qformer_tokenizer(source, vocab_size is None, args), image_processor_settings(source, image_size),
+        tokenizer, qformer_tokenizer(source, vocab_size is None, args, report), image_processor_settings(source, image_size),
         args.max_length,
     )  # fmt: skip
     save_checkpoint(model, processor, output, args, report)

@@ -115,6 +115,11 @@ def find_split_file(data_dir: str | Path, split: str, data_format: str | None = 
                 return candidate
             tried.append(str(candidate))
 
+    if data_format is not None:
+        raise FileNotFoundError(
+            f"No {split!r} split file in the {data_format!r} format found in {data_dir}. Tried: {', '.join(tried)}. "
+            f"Drop --data-format to detect the format from the file extension, or pass the format of the files."
+        )
     raise FileNotFoundError(
         f"No {split!r} split file found in {data_dir}. Tried: {', '.join(tried)}. "
         f"Pass a data directory that contains {split}.json, {split}.tsv or {split}.txt."

@@ -24,7 +24,11 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError
 
 
 class ImageLoadError(ValueError):
-    """An image that is missing, empty or cannot be decoded."""
+    """An image that is missing, empty or cannot be decoded; `reason` is the short cause, e.g. "is empty (0 bytes)"."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ImageNotFoundError(ImageLoadError, FileNotFoundError):
@@ -73,14 +77,23 @@ class ImageLoader:
         except ImageLoadError as error:
             if not self.blank_missing_images:
                 raise
-            return self._substitute_blank(record, str(error))
+            return self._substitute_blank(record, error.reason)
+
+    def check_all(self, records: list[MabsaRecord]) -> int:
+        """Load every record's image once, so that a bad image stops a run before training starts.
+
+        Returns the number of distinct images replaced by the blank image (0 unless `blank_missing_images`).
+        """
+        for record in records:
+            self.load(record)
+        return len(set(self.blank_image_ids))
 
     def _read(self, record: MabsaRecord) -> Image.Image:
         path = self.image_dir / record.image_id
         if not path.is_file():
-            raise ImageNotFoundError(_load_error_message(record, path, "was not found"))
+            raise ImageNotFoundError(_load_error_message(record, path, "was not found"), f"{path} was not found")
         if path.stat().st_size == 0:
-            raise ImageLoadError(_load_error_message(record, path, "is empty (0 bytes)"))
+            raise ImageLoadError(_load_error_message(record, path, "is empty (0 bytes)"), f"{path} is empty (0 bytes)")
         try:
             with Image.open(path) as image:
                 # Image.open only reads the header; load() decodes the pixels, so a truncated
@@ -89,7 +102,7 @@ class ImageLoader:
                 return to_rgb(image)
         except _DECODE_ERRORS as error:
             reason = f"could not be decoded ({type(error).__name__}: {error})"
-            raise ImageLoadError(_load_error_message(record, path, reason)) from error
+            raise ImageLoadError(_load_error_message(record, path, reason), f"{path} {reason}") from error
 
     def _substitute_blank(self, record: MabsaRecord, reason: str) -> Image.Image:
         self.num_blank += 1

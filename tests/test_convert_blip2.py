@@ -115,3 +115,22 @@ def test_bfloat16_output(sources, bert_dir, tmp_path):
     convert(sources / "itm", bert_dir, tmp_path / "out", "--dtype", "bfloat16")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
+
+
+def test_missing_qformer_tokenizer_explained(sources, bert_dir, tmp_path):
+    import shutil
+
+    source = tmp_path / "itm_without_tokenizer"
+    shutil.copytree(sources / "itm", source)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (source / name).unlink()
+    with pytest.raises(ValueError, match="has no tokenizer files, and the Q-Former tokenizer could not be loaded"):
+        convert_main([
+            "--blip2", str(source), "--text-encoder", str(bert_dir), "--qformer-embeddings-from", "no-such-bert",
+            "--output", str(tmp_path / "out"),
+        ])  # fmt: skip
+
+
+def test_report_names_qformer_tokenizer(sources, bert_dir, tmp_path):
+    report = convert(sources / "opt", bert_dir, tmp_path / "out")
+    assert report["notes"][1] == f"Q-Former tokenizer: from {bert_dir}."
