@@ -3,7 +3,7 @@
     accelerate launch train.py --preset offline-minilm --data-dir data/sample --blank-missing-images \
         --task jmasa --output-dir runs/sample
 
-The best epoch on the dev split is kept; the test split is scored once, at the end. The output folder holds
+The best epoch on the dev split is kept; the test split is scored once, at the end. The output folder contains
 the model (safetensors, loadable with `trust_remote_code=True`), the processor and `all_results.json`.
 """
 
@@ -317,7 +317,7 @@ def _scores_only(results: dict, split: str) -> dict:
 
 
 def train_one_epoch(args, model, optimizer, scheduler, loader, accelerator, progress, state, epoch, skip_steps):
-    """One pass over the train split, from optimizer step `skip_steps` of the epoch when resuming.
+    """Train one pass over the train split, from optimizer step `skip_steps` of the epoch when resuming.
 
     The main process appends each optimizer step's loss and tweet ids to `train_log.jsonl` in the output folder.
     """

@@ -23,7 +23,12 @@ def word_adjacency(heads: list[int]) -> list[set[int]]:
 
 def span_scope(heads: list[int], start: int, end: int, hops: int) -> tuple[int, int]:
     """Scope of the aspect at words `[start, end)`: the smallest contiguous word span `[first, last + 1)` that
-    covers every word within `hops` dependency hops of any aspect word (undirected, the aspect included)."""
+    covers every word within `hops` dependency hops of any aspect word (undirected, the aspect included).
+
+    An empty span (`start == end`, an aspect that does not occur in the text) has the whole sentence as its scope.
+    """
+    if start == end:
+        return 0, len(heads)
     neighbours = word_adjacency(heads)
     distance = {word: 0 for word in range(start, end)}
     queue = deque(range(start, end))

@@ -12,7 +12,7 @@ from torch import nn
 class DascoSemanticAdjacency(nn.Module):
     """Learned dense adjacency: single-head scaled dot-product attention over the encoder states.
 
-    The diagonal is replaced by self-loops (weight 1) and rows of masked tokens are zeroed, so each row holds
+    The diagonal is replaced by self-loops (weight 1) and rows of masked tokens are zeroed, so each row contains
     a self-loop plus a softmax over the other real tokens.
     """
 

@@ -2,7 +2,7 @@
 
 The vision tower is about 97% of the cost of image + Q-Former at full size, and frozen by default, so its
 output for an image never changes during fine-tuning. The cache folder is keyed by the image processor's
-settings and a hash of the vision weights; inside it, each image's features are stored under its image id.
+settings and a hash of the vision weights. Inside it, each image's features are stored under its image id.
 Changing the weights or the preprocessing therefore selects a new folder, and old features are never reused.
 """
 
@@ -77,7 +77,7 @@ class VisionFeatureCache:
     ) -> torch.Tensor:
         """Features `[batch, patches + 1, vision_hidden]` for the images `image_keys` of a batch.
 
-        `pixel_values` holds one row per key of `pixel_keys`: the images that were not cached when the batch
+        `pixel_values` contains one row per key of `pixel_keys`: the images that were not cached when the batch
         was collated. Their features are computed under `no_grad` (not `inference_mode`, so that they can enter
         the training graph) and stored; all features are then read back from the cache, so a batch gives the
         same tensors whether its images were cached or not.

@@ -1,5 +1,6 @@
 """DASCO for multimodal aspect-based sentiment analysis on a BLIP-2 vision tower and an aspect-query Q-Former."""
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,8 @@ class DascoOutput(ModelOutput):
         Sentiment scores (negative, neutral, positive) of each aspect in `aspect_spans`.
     aspect_spans (`torch.LongTensor` of shape `(batch_size, num_aspects, 2)`, *optional*):
         Word spans `[start, end)` that `masc_logits` classify: the given ones, or the extracted ones for
-        `jmasa` without given aspects.
+        `jmasa` without given aspects. A given span may be empty (`start == end`) for an aspect that does not
+        occur in the text.
     aspect_mask (`torch.LongTensor` of shape `(batch_size, num_aspects)`, *optional*):
         1 for the real rows of `aspect_spans`.
     aspect_scopes (`torch.LongTensor` of shape `(batch_size, num_aspects, 2)`, *optional*):
@@ -48,6 +50,13 @@ class DascoOutput(ModelOutput):
         dual GCN's contribution.
     image_embeds (`torch.FloatTensor` of shape `(batch_size, num_patches + 1, vision_hidden_size)`, *optional*):
         Vision tower output, one row per image.
+    aspect_cross_attentions (`torch.FloatTensor`, *optional*):
+        Cross-attention weights of each aspect's Q-Former queries over the image tokens, of shape `(batch_size,
+        num_aspects, num_cross_attention_layers, num_heads, query_length, num_patches + 1)`, from every Q-Former
+        layer that has cross-attention. The image tokens are the CLS token, then the patches in row-major order.
+        Returned with `output_attentions=True` when the model reads images and `query_mode` is not `"learned"`.
+        Each row of a real query sums to 1 over the image tokens. Rows of padding query positions and of padded
+        aspects are 0.
     """
 
     loss: torch.FloatTensor | None = None
@@ -61,6 +70,7 @@ class DascoOutput(ModelOutput):
     aspect_scopes: torch.LongTensor | None = None
     text_hidden_states: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
+    aspect_cross_attentions: torch.FloatTensor | None = None
 
 
 class DascoPreTrainedModel(PreTrainedModel):
@@ -149,6 +159,20 @@ class DascoForMabsa(DascoPreTrainedModel):
             self.vision_model.requires_grad_(False)
         self.post_init()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save the model as `PreTrainedModel.save_pretrained` does, with the `multimodal-absa` pipeline.
+
+        The config gets a `custom_pipelines` entry for the task, and the import below makes `save_pretrained`
+        copy `pipeline_dasco.py` (and the modules it imports) next to this file, so that
+        `pipeline("multimodal-absa", model=folder, trust_remote_code=True)` loads without this package.
+        """
+        from .pipeline_dasco import custom_pipelines_entry
+
+        pipelines = dict(getattr(self.config, "custom_pipelines", None) or {})
+        pipelines.update(custom_pipelines_entry())
+        self.config.custom_pipelines = pipelines
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -171,6 +195,7 @@ class DascoForMabsa(DascoPreTrainedModel):
         mate_labels: torch.LongTensor | None = None,
         masc_labels: torch.LongTensor | None = None,
         task: str | None = None,
+        output_attentions: bool = False,
         **kwargs,
     ) -> DascoOutput:
         r"""
@@ -184,7 +209,9 @@ class DascoForMabsa(DascoPreTrainedModel):
             Images; or pass `image_embeds`, the vision tower output, instead.
         aspect_spans, aspect_scopes (`torch.LongTensor` of shape `(batch_size, num_aspects, 2)`):
             Word spans `[start, end)` of the aspects to classify and of their scopes. Without them, task `jmasa`
-            classifies the spans extracted by the MATE head.
+            classifies the spans extracted by the MATE head. An empty span (`start == end`) is an aspect that does
+            not occur in the text: its span mean is zero, its scope is the whole tweet, and its queries must come
+            from `aspect_input_ids`.
         aspect_input_ids, aspect_query_mask (`torch.LongTensor` of shape `(batch_size, num_aspects, query_tokens)`):
             Q-Former token ids of each aspect, used as its queries in `query_mode` `"aspect"`.
         word_heads (`torch.LongTensor` of shape `(batch_size, num_words)`):
@@ -194,6 +221,9 @@ class DascoForMabsa(DascoPreTrainedModel):
         mate_labels (`torch.LongTensor` of shape `(batch_size, num_words)`): BIO tag ids, -100 to ignore.
         masc_labels (`torch.LongTensor` of shape `(batch_size, num_aspects)`): label ids, -100 to ignore.
         task (`str`, *optional*): `"mate"`, `"masc"` or `"jmasa"`; defaults to `config.task`.
+        output_attentions (`bool`, *optional*, defaults to `False`):
+            Return `aspect_cross_attentions`. The aspect queries' Q-Former pass then runs with eager attention,
+            because SDPA returns no attention weights (transformers 5.25).
         """
         task = task or self.config.task
         if task not in ("mate", "masc", "jmasa"):
@@ -249,8 +279,8 @@ class DascoForMabsa(DascoPreTrainedModel):
             aspect_input_ids, aspect_query_mask = gather_span_query_ids(
                 qformer_word_ids, qformer_word_mask, aspect_spans, aspect_mask, self.config.qformer_config.pad_token_id
             )
-        visual = self.aspect_visual_features(
-            aspect_input_ids, aspect_query_mask, aspect_mask, image_embeds, tweet_query_output
+        visual, aspect_cross_attentions = self.aspect_visual_features(
+            aspect_input_ids, aspect_query_mask, aspect_mask, image_embeds, tweet_query_output, output_attentions
         )
         features = torch.cat([masked_mean(text_hidden, span_mask), masked_mean(text_hidden, scope_mask), visual], -1)
         masc_logits = self.masc_head(features)
@@ -272,6 +302,7 @@ class DascoForMabsa(DascoPreTrainedModel):
             aspect_scopes=aspect_scopes,
             text_hidden_states=text_hidden,
             image_embeds=image_embeds,
+            aspect_cross_attentions=aspect_cross_attentions,
         )
 
     def get_image_features(
@@ -297,15 +328,45 @@ class DascoForMabsa(DascoPreTrainedModel):
         """Run the Q-Former with `query_embeds [n, queries, hidden]` over `image_embeds [n, patches, vision_hidden]`."""
         if image_embeds is None:
             return None
+        return self.run_qformer(query_embeds, image_embeds, query_mask).last_hidden_state
+
+    def run_qformer(
+        self,
+        query_embeds: torch.Tensor,
+        image_embeds: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ):
+        """Run the Q-Former and return its full output; `cross_attentions` is filled with `output_attentions`."""
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        output = self.qformer(
-            query_embeds=query_embeds,
-            query_length=query_embeds.shape[1],
-            attention_mask=query_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=image_mask,
-        )
-        return output.last_hidden_state
+        inputs = {
+            "query_embeds": query_embeds,
+            "query_length": query_embeds.shape[1],
+            "attention_mask": query_mask,
+            "encoder_hidden_states": image_embeds,
+            "encoder_attention_mask": image_mask,
+        }
+        if not output_attentions:
+            return self.qformer(**inputs)
+        with self.eager_qformer_attention():
+            return self.qformer(**inputs, output_attentions=True)
+
+    @contextmanager
+    def eager_qformer_attention(self):
+        """Switch the Q-Former to eager attention inside the block, because SDPA returns no attention weights.
+
+        The switch changes `config.qformer_config` (the Q-Former's config object) until the block ends, so it is
+        not safe while another thread runs the same model.
+        """
+        previous = self.qformer.config._attn_implementation
+        if previous == "eager":
+            yield
+            return
+        self.qformer.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.qformer.set_attn_implementation(previous)
 
     def encode_text(
         self,
@@ -341,17 +402,29 @@ class DascoForMabsa(DascoPreTrainedModel):
         aspect_mask: torch.LongTensor,
         image_embeds: torch.Tensor | None,
         tweet_query_output: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Pool the Q-Former output of each aspect's queries; returns `[batch, aspects, text_hidden]`."""
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pool the Q-Former output of each aspect's queries into `[batch, aspects, text_hidden]`.
+
+        Returns the pooled features and, with `output_attentions`, the aspects' cross-attentions (see
+        `DascoOutput.aspect_cross_attentions`); None without images or in `query_mode="learned"`.
+        """
         batch_size, num_aspects = aspect_mask.shape
         text_hidden = self.config.text_config.hidden_size
         features = self.query_tokens.new_zeros(batch_size, num_aspects, text_hidden)
-        if image_embeds is None or not aspect_mask.any():
-            return features
-
+        if image_embeds is None:
+            return features, None
         if self.config.query_mode == "learned":
             pooled = self.project_visual(tweet_query_output).mean(1)
-            return pooled[:, None, :].expand(-1, num_aspects, -1) * aspect_mask[..., None]
+            return pooled[:, None, :].expand(-1, num_aspects, -1) * aspect_mask[..., None], None
+
+        cross_attentions = None
+        if output_attentions:
+            num_layers = sum(1 for layer in self.qformer.encoder.layer if layer.has_cross_attention)
+            shape = (batch_size, num_aspects, num_layers, self.config.qformer_config.num_attention_heads, 1)
+            cross_attentions = image_embeds.new_zeros(*shape, image_embeds.shape[1], dtype=torch.float32)
+        if not aspect_mask.any():
+            return features, cross_attentions
 
         # Only real aspects go through the Q-Former, each against its own tweet's image.
         tweet_index, aspect_index = aspect_mask.nonzero(as_tuple=True)
@@ -362,11 +435,17 @@ class DascoForMabsa(DascoPreTrainedModel):
             learned = self.query_tokens.expand(query_ids.shape[0], -1, -1)
             query_embeds = torch.cat([learned, query_embeds], dim=1)
             query_mask = torch.cat([query_mask.new_ones(learned.shape[:2]), query_mask], dim=1)
-        output = self.query_image(query_embeds, image_embeds[tweet_index], query_mask)
-        pooled = masked_mean(output, query_mask[:, None, :]).squeeze(1)
+        output = self.run_qformer(query_embeds, image_embeds[tweet_index], query_mask, output_attentions)
+        pooled = masked_mean(output.last_hidden_state, query_mask[:, None, :]).squeeze(1)
         features = features.to(pooled.dtype)
         features[tweet_index, aspect_index] = self.project_visual(pooled).to(features.dtype)
-        return features
+        if output_attentions:
+            # [aspects, layers, heads, queries, image tokens], with the rows of padding queries zeroed.
+            stacked = torch.stack(output.cross_attentions, dim=1).float()
+            stacked = stacked * query_mask[:, None, None, :, None].to(stacked.dtype)
+            cross_attentions = stacked.new_zeros(batch_size, num_aspects, *stacked.shape[1:])
+            cross_attentions[tweet_index, aspect_index] = stacked
+        return features, cross_attentions
 
     def fuse_branches(
         self, encoder_hidden: torch.Tensor, attention_mask: torch.LongTensor, syntax_adjacency: torch.Tensor | None
@@ -404,7 +483,10 @@ class DascoForMabsa(DascoPreTrainedModel):
     def scope_loss(
         self, first_view, second_view, span_mask, scope_mask, aspect_mask, word_mask, word_token_start, word_token_end
     ) -> torch.Tensor:
-        """Scope contrastive loss on the projected views; see `scope_contrastive_loss` for the formula."""
+        """Scope contrastive loss on the projected views; see `scope_contrastive_loss` for the formula.
+
+        Aspects with an empty span have no anchor in the text, so they are left out of the loss.
+        """
         whole = torch.stack([torch.zeros_like(word_mask[:, 0]), word_mask.sum(-1)], -1)[:, None, :]
         word_token_mask = word_spans_to_token_mask(whole, word_token_start, word_token_end, span_mask.shape[-1])
         return scope_contrastive_loss(
@@ -413,7 +495,7 @@ class DascoForMabsa(DascoPreTrainedModel):
             span_mask,
             scope_mask,
             word_token_mask[:, 0],
-            aspect_mask,
+            aspect_mask * span_mask.any(-1).to(aspect_mask.dtype),
             self.config.scope_temperature,
         )
 

@@ -1,4 +1,8 @@
-"""Dependency parsing of pre-tokenized tweets with spaCy, one token per given word, cached on disk."""
+"""Dependency parsing of pre-tokenized tweets with spaCy, one token per given word, cached on disk.
+
+Shipped as remote code with the `multimodal-absa` pipeline. spaCy is imported only inside `try` blocks, because
+transformers refuses to load remote code whose other imports are missing, even imports inside functions.
+"""
 
 import hashlib
 import json
@@ -51,9 +55,8 @@ class DependencyParser:
         """Parse one tweet: 0-based head indices and dependency relations, one per word."""
         if not words:
             return [], []
-        from spacy.tokens import Doc
-
-        doc = Doc(self.nlp.vocab, words=list(words), spaces=[True] * (len(words) - 1) + [False])
+        spacy = import_spacy()
+        doc = spacy.tokens.Doc(self.nlp.vocab, words=list(words), spaces=[True] * (len(words) - 1) + [False])
         for _, component in self.nlp.pipeline:
             doc = component(doc)
         if len(doc) != len(words):
@@ -75,12 +78,19 @@ class DependencyParser:
             os.fsync(handle.fileno())
 
 
-def load_spacy_model(model_name: str):
-    """Load a spaCy pipeline by package name, or raise an error that says how to install it."""
+def import_spacy():
+    """Import spaCy and its `tokens` module, or raise an ImportError with the install command."""
     try:
         import spacy
+        import spacy.tokens
     except ImportError as error:
         raise ImportError("Dependency parsing needs spaCy: pip install 'dasco-qformer[parse]'.") from error
+    return spacy
+
+
+def load_spacy_model(model_name: str):
+    """Load a spaCy pipeline by package name, or raise an error that says how to install it."""
+    spacy = import_spacy()
     try:
         return spacy.load(model_name, exclude=["ner", "lemmatizer", "textcat"])
     except OSError as error:

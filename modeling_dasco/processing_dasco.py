@@ -17,7 +17,9 @@ class DascoProcessor(ProcessorMixin):
     when it yields none) and `word_token_start`/`word_token_end` align words with sub-tokens exactly. When a
     tweet is longer than `max_length` sub-tokens, whole words are dropped from its end. Aspect queries are
     built from all words, so they are never cut. An aspect whose words do not fit is flagged in
-    `aspect_truncated` and left out of `aspect_mask`.
+    `aspect_truncated` and left out of `aspect_mask`. An aspect may also have an empty span (`start == end`)
+    when it does not occur in the text, such as a category ("food", "service"): its query then comes from its
+    term in `aspect_terms` and its scope is the whole tweet.
 
     Args:
         image_processor: a BLIP-2 image processor (`BlipImageProcessor`).
@@ -46,6 +48,7 @@ class DascoProcessor(ProcessorMixin):
         polarities: list[list[int]] | None = None,
         dependency_heads: list[list[int]] | None = None,
         image_embeds: torch.Tensor | None = None,
+        aspect_terms: list[list[str | None]] | None = None,
         return_tensors: str = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -53,13 +56,18 @@ class DascoProcessor(ProcessorMixin):
         Args:
             words: one list of words per tweet (the datasets are pre-tokenized).
             images: one PIL image per tweet, of any mode; converted to RGB.
-            aspect_spans: per tweet, word spans `[start, end)` of the aspects. Gives `mate_labels` (BIO) too.
+            aspect_spans: per tweet, word spans `[start, end)` of the aspects. Gives `mate_labels` (BIO) too. An
+                empty span (`start == end`) is an aspect without a span in the text and needs its term in
+                `aspect_terms`.
             aspect_scopes: per tweet and aspect, the word span `[start, end)` of its scope. Without it, scopes
                 follow the `scope_hops` rule on `dependency_heads`, or cover the whole tweet without a parse.
             polarities: per tweet and aspect, label ids (negative=0, neutral=1, positive=2); gives `masc_labels`.
             dependency_heads: per tweet, the 0-based head of each word (the root points to itself); gives
                 `word_heads` and the sub-token `syntax_adjacency`.
             image_embeds: `[batch, patches, vision_hidden]` vision features to pass through instead of images.
+            aspect_terms: per tweet and aspect, a string whose Q-Former tokens become the aspect's queries in
+                `aspect_input_ids`, or None to build the queries from the words of its span. Without
+                `aspect_spans`, every aspect gets an empty span, so the terms alone are classified.
         """
         if return_tensors != "pt":
             raise ValueError(f"DascoProcessor returns PyTorch tensors only; got return_tensors={return_tensors!r}.")
@@ -67,6 +75,8 @@ class DascoProcessor(ProcessorMixin):
             raise ValueError("Pass words as a list of tweets, each a list of words: [['Chuck', 'Bass', ...], ...].")
 
         encoding = self.encode_words(words)
+        if aspect_terms is not None and aspect_spans is None:
+            aspect_spans = [[(0, 0)] * len(terms) for terms in aspect_terms]
         if dependency_heads is not None:
             encoding.update(self.encode_dependencies(words, dependency_heads, encoding))
             if aspect_spans is not None and aspect_scopes is None:
@@ -75,7 +85,9 @@ class DascoProcessor(ProcessorMixin):
                     for heads, spans in zip(dependency_heads, aspect_spans)
                 ]
         if aspect_spans is not None:
-            encoding.update(self.encode_aspects(words, aspect_spans, aspect_scopes, polarities, encoding))
+            encoding.update(
+                self.encode_aspects(words, aspect_spans, aspect_scopes, polarities, encoding, aspect_terms)
+            )
         if images is not None:
             rgb_images = [to_rgb(image) for image in images]
             encoding["pixel_values"] = self.image_processor(rgb_images, return_tensors="pt")["pixel_values"]
@@ -141,7 +153,7 @@ class DascoProcessor(ProcessorMixin):
             adjacency[row] = subtoken_adjacency(heads, starts, ends, num_tokens)
         return {"word_heads": word_heads, "syntax_adjacency": adjacency}
 
-    def encode_aspects(self, words, aspect_spans, aspect_scopes, polarities, encoding) -> dict:
+    def encode_aspects(self, words, aspect_spans, aspect_scopes, polarities, encoding, aspect_terms=None) -> dict:
         """Batch aspects as `[batch, aspects, ...]` with masks, their Q-Former queries, BIO and sentiment labels."""
         batch_size = len(words)
         num_aspects = max([len(spans) for spans in aspect_spans] + [1])
@@ -155,7 +167,8 @@ class DascoProcessor(ProcessorMixin):
         mate_labels = torch.full(encoding["word_mask"].shape, -100, dtype=torch.long)
         query_rows = []
         for row, tweet_spans in enumerate(aspect_spans):
-            _check_spans(row, tweet_spans, len(words[row]))
+            tweet_terms = _check_terms(row, tweet_spans, aspect_terms)
+            _check_spans(row, tweet_spans, len(words[row]), tweet_terms)
             mate_labels[row, : kept_words[row]] = torch.tensor(_bio_tags(tweet_spans, kept_words[row]), dtype=torch.long)
             tweet_queries = []
             for column, (start, end) in enumerate(tweet_spans):
@@ -167,6 +180,9 @@ class DascoProcessor(ProcessorMixin):
                 truncated[row, column] = int(not fits)
                 if polarities is not None and fits:
                     masc_labels[row, column] = polarities[row][column]
+                if tweet_terms[column] is not None:
+                    tweet_queries.append(self.tokenize_word(self.qformer_tokenizer, tweet_terms[column]))
+                    continue
                 word_ids = encoding["qformer_word_ids"][row, start:end]
                 word_mask = encoding["qformer_word_mask"][row, start:end].bool()
                 tweet_queries.append(word_ids[word_mask].tolist())
@@ -187,12 +203,30 @@ class DascoProcessor(ProcessorMixin):
         return result
 
 
-def _check_spans(row: int, spans: list[tuple[int, int]], num_words: int) -> None:
-    for start, end in spans:
-        if not 0 <= start < end <= num_words:
+def _check_terms(row: int, spans: list[tuple[int, int]], aspect_terms: list[list[str | None]] | None) -> list:
+    """Return the aspect terms of tweet `row`, one per span (None where the span's words give the query)."""
+    if aspect_terms is None:
+        return [None] * len(spans)
+    terms = aspect_terms[row]
+    if len(terms) != len(spans):
+        raise ValueError(
+            f"Tweet {row} of the batch has {len(spans)} aspect spans but {len(terms)} aspect terms; pass one term "
+            "(or None) per span."
+        )
+    return list(terms)
+
+
+def _check_spans(row: int, spans: list[tuple[int, int]], num_words: int, terms: list[str | None]) -> None:
+    for column, ((start, end), term) in enumerate(zip(spans, terms)):
+        if not 0 <= start <= end <= num_words:
             raise ValueError(
                 f"Tweet {row} of the batch has {num_words} words but an aspect span ({start}, {end}); "
-                "spans are word indices [start, end) with start < end <= number of words."
+                "spans are word indices [start, end) with start <= end <= number of words."
+            )
+        if start == end and not term:
+            raise ValueError(
+                f"Aspect {column} of tweet {row} has the empty span ({start}, {end}) and no term; an aspect without "
+                "a span in the text needs its term in aspect_terms to build its queries."
             )
 
 

@@ -38,6 +38,8 @@ def word_spans_to_token_mask(
 
     Args:
         spans: `[batch, aspects, 2]` word spans `[start, end)`; rows of padded aspects may hold anything valid.
+            An empty span (`start == end`) marks no sub-token: it is an aspect without a span in the text, or a
+            padded row.
         word_token_start: `[batch, words]` index of the first sub-token of each word.
         word_token_end: `[batch, words]` index one past the last sub-token of each word.
         num_tokens: length of the text sequence.
@@ -52,7 +54,8 @@ def word_spans_to_token_mask(
     token_end = torch.gather(word_token_end, 1, last_word)
     positions = torch.arange(num_tokens, device=spans.device)
     inside = (positions[None, None, :] >= token_start[..., None]) & (positions[None, None, :] < token_end[..., None])
-    return inside.float()
+    not_empty = spans[..., 1] > spans[..., 0]
+    return (inside & not_empty[..., None]).float()
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

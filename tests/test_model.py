@@ -8,7 +8,7 @@ from PIL import Image
 
 from modeling_dasco import DascoConfig, DascoForMabsa
 from modeling_dasco.presets import tiny_config
-from modeling_dasco.span_utils import decode_bio, gather_span_query_ids
+from modeling_dasco.span_utils import decode_bio, gather_span_query_ids, word_spans_to_token_mask
 
 
 WORDS = [["the", "camera", "of", "Chuck", "Bass", "is", "great"], ["New", "York", "City", "rain"]]
@@ -113,6 +113,81 @@ def test_decode_bio_is_strict_iob2():
     assert decode_bio([2, 2, 0, 1, 2, 0, 2]) == [(3, 5)]
     assert decode_bio([1, 1]) == [(0, 1), (1, 2)]
     assert decode_bio([0, 1, 2]) == [(1, 3)]
+
+
+def test_empty_span_marks_no_tokens():
+    spans = torch.tensor([[[0, 0], [1, 3], [2, 2]]])
+    mask = word_spans_to_token_mask(spans, torch.tensor([[1, 2, 4]]), torch.tensor([[2, 4, 5]]), 6)
+    assert mask[0, 0].tolist() == [0.0] * 6
+    assert mask[0, 1].tolist() == [0, 0, 1, 1, 1, 0]
+    assert mask[0, 2].tolist() == [0.0] * 6
+
+
+def test_aspect_without_span_uses_its_term(tiny_processor):
+    torch.manual_seed(0)
+    model = DascoForMabsa(tiny_config()).eval()
+    images = [Image.new("RGB", (60, 40), (200, 10, 10))]
+    logits = {}
+    for term in ("food", "camera"):
+        batch = tiny_processor(
+            WORDS[:1], images=images, aspect_spans=[[(1, 2), (0, 0)]], aspect_terms=[[None, term]],
+            dependency_heads=HEADS[:1],
+        )  # fmt: skip
+        outputs = model(**batch, task="masc")
+        assert outputs.aspect_scopes[0, 1].tolist() == [0, 7]
+        assert outputs.aspect_mask.tolist() == [[1, 1]]
+        logits[term] = outputs.masc_logits[0]
+    # The spanned aspect is unaffected by the other aspect's term; the empty-span aspect reads its own term.
+    assert torch.equal(logits["food"][0], logits["camera"][0])
+    assert not torch.allclose(logits["food"][1], logits["camera"][1])
+
+
+def test_empty_span_left_out_of_scope_loss(tiny_processor):
+    torch.manual_seed(0)
+    model = DascoForMabsa(tiny_config()).eval()
+    images = [Image.new("RGB", (60, 40), (200, 10, 10))]
+    common = {"images": images, "dependency_heads": HEADS[:1], "polarities": [[2, 0]]}
+    with_empty = model(
+        **tiny_processor(WORDS[:1], aspect_spans=[[(1, 2), (0, 0)]], aspect_terms=[[None, "food"]], **common)
+    )
+    common["polarities"] = [[2]]
+    alone = model(**tiny_processor(WORDS[:1], aspect_spans=[[(1, 2)]], **common))
+    assert with_empty.scope_loss.item() == pytest.approx(alone.scope_loss.item(), abs=1e-6)
+
+
+def test_output_attentions_returns_cross_attentions(tiny_processor):
+    torch.manual_seed(0)
+    model = DascoForMabsa(tiny_config()).eval()
+    batch = make_batch(tiny_processor)
+    with torch.no_grad():
+        plain = model(**batch)
+        outputs = model(**batch, output_attentions=True)
+    assert plain.aspect_cross_attentions is None
+    # (tweets, aspects, cross-attention layers, heads, query tokens, image tokens incl. CLS)
+    query_length = batch["aspect_input_ids"].shape[-1]
+    assert outputs.aspect_cross_attentions.shape == (2, 2, 2, 4, query_length, 257)
+    row_sums = outputs.aspect_cross_attentions.sum(-1)
+    real_queries = batch["aspect_query_mask"].bool()
+    assert torch.allclose(row_sums.permute(0, 1, 4, 2, 3)[real_queries], torch.tensor(1.0))
+    assert row_sums.permute(0, 1, 4, 2, 3)[~real_queries].abs().max().item() == 0.0
+    assert outputs.aspect_cross_attentions[1, 1].abs().max().item() == 0.0  # padded aspect
+    assert torch.allclose(outputs.masc_logits, plain.masc_logits, atol=1e-5)
+    # The eager switch lasts only for the call.
+    assert model.qformer.config._attn_implementation == "sdpa"
+
+
+def test_output_attentions_for_extracted_spans(tiny_processor):
+    torch.manual_seed(0)
+    model = DascoForMabsa(tiny_config()).eval()
+    with torch.no_grad():
+        model.mate_head[1].weight.zero_()
+        model.mate_head[1].bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+        outputs = model(**make_batch(tiny_processor, with_aspects=False), task="jmasa", output_attentions=True)
+    assert outputs.aspect_cross_attentions.shape[:2] == (2, 7)
+    real = outputs.aspect_mask.bool()
+    assert torch.allclose(outputs.aspect_cross_attentions[real][:, :, :, 0].sum(-1), torch.tensor(1.0))
+    learned = DascoForMabsa(tiny_config(query_mode="learned")).eval()
+    assert learned(**make_batch(tiny_processor), output_attentions=True).aspect_cross_attentions is None
 
 
 def test_masc_requires_aspects(tiny_processor):

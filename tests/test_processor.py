@@ -54,6 +54,38 @@ def test_span_out_of_range_rejected(tiny_processor):
         tiny_processor([["a", "b", "c"]], aspect_spans=[[(2, 5)]])
 
 
+def test_aspect_terms_give_queries(tiny_processor, minilm_tokenizer):
+    heads = [6] * len(WORDS)
+    encoding = tiny_processor(
+        [WORDS], aspect_spans=[[(4, 6), (0, 0)]], aspect_terms=[[None, "food service"]], dependency_heads=[heads]
+    )
+    assert encoding["aspect_spans"].tolist() == [[[4, 6], [0, 0]]]
+    assert encoding["aspect_mask"].tolist() == [[1, 1]]
+    assert encoding["aspect_scopes"][0, 1].tolist() == [0, len(WORDS)]
+    # The span's query comes from its words, the empty span's from its term.
+    chuck_bass = minilm_tokenizer.convert_tokens_to_ids(["chuck", "bass"])
+    food_service = minilm_tokenizer.convert_tokens_to_ids(["food", "service"])
+    assert encoding["aspect_input_ids"][0, 0, :2].tolist() == chuck_bass
+    assert encoding["aspect_input_ids"][0, 1, :2].tolist() == food_service
+    assert encoding["aspect_query_mask"][0, 1].tolist() == [1, 1]
+    assert encoding["mate_labels"][0].tolist() == [0, 0, 0, 0, 1, 2, 0, 0, 0, 0]
+
+
+def test_aspect_terms_without_spans(tiny_processor, minilm_tokenizer):
+    encoding = tiny_processor([WORDS, ["a"]], aspect_terms=[["food", "camera"], ["service"]])
+    assert encoding["aspect_spans"].tolist() == [[[0, 0], [0, 0]], [[0, 0], [0, 0]]]
+    assert encoding["aspect_mask"].tolist() == [[1, 1], [1, 0]]
+    assert encoding["aspect_scopes"][0].tolist() == [[0, 10], [0, 10]]
+    assert encoding["aspect_input_ids"][1, 0, 0].item() == minilm_tokenizer.convert_tokens_to_ids("service")
+
+
+def test_empty_span_needs_term(tiny_processor):
+    with pytest.raises(ValueError, match=r"empty span \(0, 0\) and no term"):
+        tiny_processor([["a", "b"]], aspect_spans=[[(0, 0)]])
+    with pytest.raises(ValueError, match="1 aspect spans but 2 aspect terms"):
+        tiny_processor([["a", "b"]], aspect_spans=[[(0, 1)]], aspect_terms=[["a", "b"]])
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "CMYK", "L", "P", "I;16"])
 def test_images_of_any_mode_become_rgb_tensors(tiny_processor, mode):
     image = Image.new(mode, (37, 53))
