@@ -50,10 +50,17 @@ def run(args) -> dict:
     records = load_records(args.data_dir, args.split, args.max_tweets, args.parser_model)
     model, processor = build_bench_model(args.vision_size)
     inputs = records if args.mode == "batched" else per_aspect_records(records)
-    images_seen = []
-    model.vision_model.register_forward_pre_hook(
-        lambda module, positional, keyword: images_seen.append(keyword["pixel_values"].shape[0]), with_kwargs=True
-    )
+    images_seen, vision_seconds, vision_started = [], [], []
+
+    def before_vision(module, positional, keyword):
+        images_seen.append(keyword["pixel_values"].shape[0])
+        vision_started.append(time.perf_counter())
+
+    def after_vision(module, positional, keyword, output):
+        vision_seconds.append(time.perf_counter() - vision_started.pop())
+
+    model.vision_model.register_forward_pre_hook(before_vision, with_kwargs=True)
+    model.vision_model.register_forward_hook(after_vision, with_kwargs=True)
     started = time.perf_counter()
     with torch.inference_mode():
         for begin in range(0, len(inputs), args.batch_size):
@@ -70,6 +77,7 @@ def run(args) -> dict:
         "mode": args.mode, "tweets": len(records), "aspects": sum(len(r.aspects) for r in records),
         "forward_rows": len(inputs), "vision_images": sum(images_seen), "seconds": round(seconds, 2),
         "tweets_per_second": round(len(records) / seconds, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
+        "vision_share": round(sum(vision_seconds) / seconds, 3),
     }  # fmt: skip
 
 
@@ -87,7 +95,8 @@ def main():
         f"aspects per tweet: {batched['aspects'] / batched['tweets']:.2f}; throughput ratio batched / per-aspect: "
         f"{batched['tweets_per_second'] / per_aspect['tweets_per_second']:.2f}x; vision images "
         f"{batched['vision_images']} vs {per_aspect['vision_images']}; peak memory "
-        f"{batched['peak_rss_mib']:.0f} MiB vs {per_aspect['peak_rss_mib']:.0f} MiB"
+        f"{batched['peak_rss_mib']:.0f} MiB vs {per_aspect['peak_rss_mib']:.0f} MiB; vision tower share of time "
+        f"{batched['vision_share']:.0%} (batched)"
     )
 
 
