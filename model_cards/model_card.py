@@ -416,6 +416,15 @@ def _usage_code(task: str, model_id: str, args: dict, config: dict) -> str:
             "    if real:",
             "        print(words[start:end], model.config.id2label[scores.argmax().item()])",
         ]
+    lines += [
+        "",
+        "# Or from raw text, with character offsets into it, through the pipeline saved with the model:",
+        "from transformers import pipeline",
+        "",
+        f"absa = pipeline(\"multimodal-absa\", model={json.dumps(model_id)}, trust_remote_code=True,",
+        f"                parser_model={json.dumps(parser_model)})",
+        'print(absa({"text": "RT @USER: Chuck Bass is everything #MCM", "image": "tweet.jpg"}))',
+    ]
     return "\n".join(lines)
 
 

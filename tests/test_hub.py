@@ -278,8 +278,11 @@ def test_hub_logits_equal_local_logits(remote_load):
 def test_card_usage_snippet_runs(remote_load):
     # One tweet of 9 words; the untrained model may extract no aspect, so only the printed format is checked.
     assert remote_load["usage_mate_logits_shape"] == [1, 9, 3]
-    for line in remote_load["usage_output"].strip().splitlines():
+    *aspect_lines, pipeline_line = remote_load["usage_output"].strip().splitlines()
+    for line in aspect_lines:
         assert re.fullmatch(r"\[.*\] (negative|neutral|positive)", line), line
+    # The last line is the pipeline's result on the raw text: a list of {aspect, start, end, sentiment, score}.
+    assert re.fullmatch(r"\[(\{'aspect': .*'sentiment': .*\})?\]", pipeline_line), pipeline_line
 
 
 def test_blip2_loads_after_remote_dasco(remote_load):
