@@ -396,6 +396,7 @@ def _read_state(path: str, default: dict) -> dict:
 
 
 def finish(args, model, processor, test_loader, splits, state, accelerator, output_dir, image_loader, started):
+    feature_cache = test_loader.collate_fn.feature_cache
     unwrapped = accelerator.unwrap_model(model)
     best_dir = output_dir / BEST_MODEL_DIR
     unwrapped.load_state_dict(load_file(best_dir / "model.safetensors"))
@@ -421,6 +422,8 @@ def finish(args, model, processor, test_loader, splits, state, accelerator, outp
     if args.push_to_hub:
         commit = push_checkpoint(output_dir, args.hub_model_id, revision=args.hub_revision, private=args.hub_private)
         logger.info(f"Pushed {output_dir} to {args.hub_model_id} (commit {commit})")
+    if feature_cache is not None:
+        logger.info(f"Vision feature cache {feature_cache.folder}: {feature_cache.hits} hits, {feature_cache.misses} misses")
     if results["blank_images"]:
         logger.warning(f"{results['blank_images']} missing or unreadable images were replaced by a blank image.")
     print(f"dev: {_format(state['best_dev'])}\ntest: {_format(test_scores)}\nsaved to {output_dir}")

@@ -2,8 +2,9 @@
 
 The vision tower is about 97% of the cost of image + Q-Former at full size, and frozen by default, so its
 output for an image never changes during fine-tuning. The cache folder is keyed by the image processor's
-settings and a hash of the vision weights. Inside it, each image's features are stored under its image id.
-Changing the weights or the preprocessing therefore selects a new folder, and old features are never reused.
+settings and a hash of the vision weights. Inside it, each image's features are stored under its image id
+and a hash of the image file's bytes. Changing the weights or the preprocessing selects a new folder, and
+changing an image file (even under the same name) selects a new entry, so stale features are not reused.
 """
 
 import hashlib
@@ -20,6 +21,11 @@ from safetensors.torch import load_file, save_file
 BLANK_IMAGE_KEY = "<blank>"
 FEATURE_NAME = "image_embeds"
 PREPROCESSING_KEYS = ("size", "image_mean", "image_std", "resample", "rescale_factor", "do_normalize", "do_resize")
+
+
+def image_file_key(image_id: str, path: Path) -> str:
+    """Cache key of an image file: its id and the SHA-256 of its bytes."""
+    return f"{image_id}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
 
 
 def vision_weights_hash(vision_model: torch.nn.Module) -> str:

@@ -9,9 +9,11 @@ from .processing_dasco import DascoProcessor
 
 
 # A ViT and Q-Former small enough to train on a 2-core CPU; 224 px and patch 14 give BLIP-2's 257 tokens.
+# Blip2VisionConfig's default initializer_range (1e-10) suits loading real weights; a random tiny tower
+# needs a normal scale, or its output would not depend on the image.
 TINY_VISION = {
     "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "image_size": 224, "patch_size": 14,
+    "image_size": 224, "patch_size": 14, "initializer_range": 0.02,
 }  # fmt: skip
 TINY_QFORMER = {
     "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .data import find_split_file, read_split
-from .feature_cache import BLANK_IMAGE_KEY
+from .feature_cache import BLANK_IMAGE_KEY, image_file_key
 from .images import ImageLoader
 from .metrics import mabsa_scores, masc_scores, span_scores
 from .records import ID2LABEL, MabsaRecord
@@ -43,11 +43,14 @@ class MabsaCollator:
     def collate_with_cache(self, records: list[MabsaRecord]) -> dict:
         image_keys, pixel_keys, images = [], [], []
         for record in records:
-            key = record.image_id
-            if not self.feature_cache.contains(key):
+            key = self.cached_key(record)
+            if key is None:
                 blanks_before = self.image_loader.num_blank
                 image = self.image_loader.load(record)
-                key = BLANK_IMAGE_KEY if self.image_loader.num_blank > blanks_before else record.image_id
+                if self.image_loader.num_blank > blanks_before:
+                    key = BLANK_IMAGE_KEY
+                else:
+                    key = image_file_key(record.image_id, self.image_loader.image_dir / record.image_id)
                 if not self.feature_cache.contains(key) and key not in pixel_keys:
                     pixel_keys.append(key)
                     images.append(image)
@@ -55,6 +58,16 @@ class MabsaCollator:
         batch = self.encode(records, images or None)
         batch["image_keys"], batch["pixel_keys"] = image_keys, pixel_keys
         return batch
+
+    def cached_key(self, record: MabsaRecord) -> str | None:
+        """The cache key of a record's image file when its features are cached, else None."""
+        if self.image_loader.image_dir is None:
+            return None
+        path = self.image_loader.image_dir / record.image_id
+        if not path.is_file():
+            return None
+        key = image_file_key(record.image_id, path)
+        return key if self.feature_cache.contains(key) else None
 
     def encode(self, records: list[MabsaRecord], images) -> dict:
         spans = [[(aspect.start, aspect.end) for aspect in record.aspects] for record in records]

@@ -83,3 +83,25 @@ def test_cached_features_train(model, tiny_processor, records_with_images, tmp_p
     outputs = model(**model_inputs(batch, with_labels=True), task="jmasa")
     outputs.loss.backward()
     assert model.qformer.layernorm.weight.grad is not None
+
+
+def test_changed_image_file_not_served_stale(model, tiny_processor, records_with_images, tmp_path):
+    records, image_dir = records_with_images
+    cache = VisionFeatureCache(tmp_path / "cache", model.vision_model, tiny_processor.image_processor)
+    collator = MabsaCollator(tiny_processor, ImageLoader(image_dir, blank_missing_images=True), feature_cache=cache)
+    before = attach_image_embeds(collator(records[:1]), cache, "cpu")["image_embeds"]
+    Image.new("RGB", (50, 40), (255, 255, 0)).save(image_dir / records[0].image_id)  # same name, new pixels
+    batch = collator(records[:1])
+    after = attach_image_embeds(batch, cache, "cpu")["image_embeds"]
+    assert len(batch["pixel_keys"]) == 1
+    assert not torch.equal(before, after)
+
+
+def test_tiny_vision_tower_depends_on_image(model, tiny_processor):
+    black = tiny_processor([["a"]], images=[Image.new("RGB", (32, 32), (0, 0, 0))])["pixel_values"]
+    white = tiny_processor([["a"]], images=[Image.new("RGB", (32, 32), (255, 255, 255))])["pixel_values"]
+    with torch.no_grad():
+        difference = model.vision_model(pixel_values=black).last_hidden_state - model.vision_model(
+            pixel_values=white
+        ).last_hidden_state
+    assert difference.abs().max().item() > 0.01
