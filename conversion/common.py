@@ -16,6 +16,22 @@ from modeling_dasco.presets import build_processor
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def add_output_arguments(parser) -> None:
+    """Add the converters' shared options: output dtype, query mode, processor length, overwrite, Hub push."""
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="Data type of the saved weights.")
+    parser.add_argument("--query-mode", choices=("aspect", "learned", "aspect+learned"), default="aspect")
+    parser.add_argument("--max-length", type=int, default=128, help="Processor's maximum text length in sub-tokens.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty output folder.")
+    parser.add_argument("--push-to-hub", action="store_true", help="Upload the converted folder to the Hub.")
+    parser.add_argument("--hub-model-id", help="Hub repository for --push-to-hub, e.g. org/dasco-qformer-init.")
+    parser.add_argument("--hub-revision", help="Branch to push to (created when missing); default: main.")
+
+
+def check_output_arguments(parser, args) -> None:
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push-to-hub needs --hub-model-id.")
+
+
 def check_output_dir(output: str | Path, overwrite: bool) -> Path:
     """Reject a non-empty output folder unless `overwrite` is set, before any work is done."""
     output = Path(output)

@@ -20,7 +20,8 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from conversion.common import (
-    DTYPES,
+    add_output_arguments,
+    check_output_arguments,
     ConversionReport,
     bert_embeddings,
     build_dasco_model,
@@ -48,16 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="BERT checkpoint that provides the Q-Former word and position embeddings and tokenizer when the "
         "BLIP-2 checkpoint has none (OPT and T5 layouts).",
     )  # fmt: skip
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="Data type of the saved weights.")
-    parser.add_argument("--query-mode", choices=("aspect", "learned", "aspect+learned"), default="aspect")
-    parser.add_argument("--max-length", type=int, default=128, help="Processor's maximum text length in sub-tokens.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty output folder.")
-    parser.add_argument("--push-to-hub", action="store_true", help="Upload the converted folder to the Hub.")
-    parser.add_argument("--hub-model-id", help="Hub repository for --push-to-hub, e.g. org/dasco-qformer-init.")
-    parser.add_argument("--hub-revision", help="Branch to push to (created when missing); default: main.")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push-to-hub needs --hub-model-id.")
+    check_output_arguments(parser, args)
     return args
 
 

@@ -28,7 +28,8 @@ import torch
 from transformers import AutoTokenizer
 
 from conversion.common import (
-    DTYPES,
+    add_output_arguments,
+    check_output_arguments,
     ConversionReport,
     bert_embeddings,
     build_dasco_model,
@@ -143,17 +144,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "given, else bert-base-uncased.",
     )
 
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="Data type of the saved weights.")
-    parser.add_argument("--query-mode", choices=("aspect", "learned", "aspect+learned"), default="aspect")
-    parser.add_argument("--max-length", type=int, default=128, help="Processor's maximum text length in sub-tokens.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty output folder.")
-    parser.add_argument("--push-to-hub", action="store_true", help="Upload the converted folder to the Hub.")
-    parser.add_argument("--hub-model-id", help="Hub repository for --push-to-hub, e.g. org/dasco-qformer-init.")
-    parser.add_argument("--hub-revision", help="Branch to push to (created when missing); default: main.")
+    add_output_arguments(parser)
 
     args = parser.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push-to-hub needs --hub-model-id.")
+    check_output_arguments(parser, args)
     if args.qformer_tokenizer is None:
         args.qformer_tokenizer = args.qformer_embeddings_from or "bert-base-uncased"
     return args
