@@ -13,12 +13,16 @@ BIO2ID = {tag: index for index, tag in enumerate(BIO_TAGS)}
 
 @dataclass(frozen=True)
 class AspectSpan:
-    """One gold aspect: words `[start, end)` of its tweet and its polarity id (negative=0, neutral=1, positive=2)."""
+    """One gold aspect: words `[start, end)` of its tweet and its polarity id (negative=0, neutral=1, positive=2).
+
+    `category` is the aspect category ("Facility", "food") where the data set gives one.
+    """
 
     start: int
     end: int
     polarity: int
     term: tuple[str, ...]
+    category: str | None = None
 
 
 @dataclass
