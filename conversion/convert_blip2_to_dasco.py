@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_source(name_or_path: str) -> Path:
-    """A local folder as is; a Hub id downloaded (configs, safetensors, tokenizer files only)."""
+    """Return a local folder as is, or download a Hub id (configs, safetensors, tokenizer files only)."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -81,7 +81,7 @@ def read_blip2_config(source: Path) -> dict:
 
 
 def safetensors_files(source: Path) -> list[Path]:
-    """The checkpoint's safetensors files: the shards listed in the index, or the single file."""
+    """Return the checkpoint's safetensors files: the shards listed in the index, or the single file."""
     index = source / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -126,7 +126,7 @@ def qformer_embeddings(tensors: dict, args, report: ConversionReport) -> tuple[d
 
 def qformer_tokenizer(source: Path, from_checkpoint: bool, args, report: ConversionReport):
     """The checkpoint's own BERT tokenizer for ITM checkpoints that ship one, else the tokenizer of
-    `--qformer-embeddings-from`; the report says which."""
+    `--qformer-embeddings-from`; the report names which."""
     if from_checkpoint and (source / "tokenizer_config.json").is_file():
         report.notes.append(f"Q-Former tokenizer: from the BLIP-2 checkpoint {source}.")
         return AutoTokenizer.from_pretrained(source)

@@ -10,6 +10,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCardData
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
+from modeling_dasco.metrics import _CITATION as DASCO_CITATION
+
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 TAGS = ["mabsa", "aspect-based-sentiment-analysis", "multimodal", "blip-2", "dasco", "custom_code"]
@@ -35,15 +37,8 @@ QUERY_DESCRIPTIONS = {
     "aspect+learned": "A BLIP-2 Q-Former takes learned query tokens followed by the words of each aspect as "
     "its queries, so each aspect gathers the image patches that concern it.",
 }
-CITATIONS = """\
-@misc{liu2025dasco,
-  title = {Dependency Structure Augmented Contextual Scoping Framework for Multimodal Aspect-Based Sentiment Analysis},
-  author = {Hao Liu and Lijun He and Jiaxi Liang and Zhihan Ren and Haixia Bi and Fan Li},
-  year = {2025},
-  eprint = {2504.11331},
-  archivePrefix = {arXiv},
-}
-
+# The DASCO entry is the one the metric module cites, so both stay the same.
+CITATIONS = DASCO_CITATION + """
 @inproceedings{li2023blip2,
   title = {{BLIP-2}: Bootstrapping Language-Image Pre-training with Frozen Image Encoders and Large Language Models},
   author = {Junnan Li and Dongxu Li and Silvio Savarese and Steven Hoi},

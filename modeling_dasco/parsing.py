@@ -89,7 +89,7 @@ def import_spacy():
 
 
 def load_spacy_model(model_name: str):
-    """Load a spaCy pipeline by package name, or raise an error that says how to install it."""
+    """Load a spaCy pipeline by package name, or raise an error that explains how to install it."""
     spacy = import_spacy()
     try:
         return spacy.load(model_name, exclude=["ner", "lemmatizer", "textcat"])

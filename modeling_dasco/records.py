@@ -30,7 +30,7 @@ class MabsaRecord:
     """One tweet (or review) with its image id and gold aspects, whatever file format it came from.
 
     `source` names the file and the row (1-based line or record number) the tweet was read from,
-    so that errors about this record can point the user to it. `dependency_heads` holds the 0-based head
+    so that errors about this record can point the user to it. `dependency_heads` contains the 0-based head
     index of each word (the root points to itself) once the record is parsed.
     """
 
