@@ -7,6 +7,7 @@ from transformers.configuration_utils import SubConfigSpec
 # The package has one label map; checkpoints, metrics and data readers all use it.
 DASCO_ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 QUERY_MODES = ("aspect", "learned", "aspect+learned")
+FUSION_STYLES = ("gated", "released")
 TASKS = ("mate", "masc", "jmasa")
 
 
@@ -51,7 +52,12 @@ class DascoConfig(PreTrainedConfig):
     gcn_dropout (`float`, *optional*, defaults to 0.1):
         Dropout on each GCN layer's output.
     fusion_gate_scale (`float`, *optional*, defaults to 1.0):
-        Upper bound of the learned gate that mixes the syntactic branch into the semantic one.
+        Upper bound of the gate that mixes the syntactic branch into the semantic one (DASCO's `hyper1`).
+    fusion_style (`str`, *optional*, defaults to `"gated"`):
+        Layout of the dual GCN and the MASC head. `"gated"` is this package's design. `"released"` is the layout
+        of the released DASCO code (fixed gate, highway layers, one linear classifier over the two projected
+        views and the pooled [CLS] state), so that its checkpoints convert; it needs both branches and
+        `query_mode="learned"`. See `conversion/convert_dasco_checkpoint.py`.
     projection_size (`int`, *optional*, defaults to 64):
         Bottleneck of the projection head applied before the scope contrastive loss.
     scope_hops (`int`, *optional*, defaults to 2):
@@ -104,6 +110,7 @@ class DascoConfig(PreTrainedConfig):
     gcn_hidden_size: int = 256
     gcn_dropout: float = 0.1
     fusion_gate_scale: float = 1.0
+    fusion_style: str = "gated"
     projection_size: int = 64
     scope_hops: int = 2
     scope_temperature: float = 0.2
@@ -133,6 +140,7 @@ class DascoConfig(PreTrainedConfig):
             raise ValueError(f"query_mode={self.query_mode!r} is not supported; pass one of {QUERY_MODES}.")
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not supported; pass one of {TASKS}.")
+        self._validate_fusion_style()
         if self.scope_hops < 0:
             raise ValueError(f"scope_hops={self.scope_hops} is invalid; pass 0 or a positive number of hops.")
         if self.masc_class_weights is not None and len(self.masc_class_weights) != len(DASCO_ID2LABEL):
@@ -140,6 +148,19 @@ class DascoConfig(PreTrainedConfig):
                 f"masc_class_weights needs {len(DASCO_ID2LABEL)} values (negative, neutral, positive), "
                 f"got {self.masc_class_weights}."
             )
+
+    def _validate_fusion_style(self):
+        if self.fusion_style not in FUSION_STYLES:
+            raise ValueError(f"fusion_style={self.fusion_style!r} is not supported; pass one of {FUSION_STYLES}.")
+        if self.fusion_style == "released":
+            branches = self.use_semantic_branch and self.use_syntactic_branch
+            if not branches or self.query_mode != "learned":
+                raise ValueError(
+                    "fusion_style='released' needs use_semantic_branch=True, use_syntactic_branch=True and "
+                    f"query_mode='learned', got {self.use_semantic_branch}, {self.use_syntactic_branch} and "
+                    f"{self.query_mode!r}. Use fusion_style='gated' for ablations and aspect queries."
+                )
+
 
 
 __all__ = ["DascoConfig"]

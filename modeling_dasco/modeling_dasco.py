@@ -14,6 +14,7 @@ from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 from .configuration_dasco import DascoConfig
 from .dependency_utils import span_scope
 from .dual_gcn import DascoDualGCN, DascoProjectionHead, scope_contrastive_loss
+from .released_gcn import DascoReleasedDualGCN, DascoReleasedMascHead
 from .span_utils import decode_bio, gather_span_query_ids, masked_mean, word_spans_to_token_mask
 
 
@@ -148,12 +149,19 @@ class DascoForMabsa(DascoPreTrainedModel):
         self.text_encoder = AutoModel.from_config(config.text_config, add_pooling_layer=False)
         self.dual_gcn = None
         self.projection_head = None
-        if config.use_semantic_branch or config.use_syntactic_branch:
+        num_labels = len(config.id2label)
+        if config.fusion_style == "released":
+            self.dual_gcn = DascoReleasedDualGCN(text_hidden, config)
+            self.projection_head = DascoProjectionHead(config.gcn_hidden_size, config.projection_size)
+        elif config.use_semantic_branch or config.use_syntactic_branch:
             self.dual_gcn = DascoDualGCN(text_hidden, config)
             if config.use_scope_loss:
                 self.projection_head = DascoProjectionHead(config.gcn_hidden_size, config.projection_size)
         self.mate_head = nn.Sequential(nn.Dropout(config.classifier_dropout), nn.Linear(text_hidden, NUM_BIO_TAGS))
-        self.masc_head = DascoMascHead(text_hidden, config.classifier_dropout, len(config.id2label))
+        if config.fusion_style == "released":
+            self.masc_head = DascoReleasedMascHead(config.gcn_hidden_size, text_hidden, num_labels, config.classifier_dropout)
+        else:
+            self.masc_head = DascoMascHead(text_hidden, config.classifier_dropout, num_labels)
 
         if config.freeze_vision_model:
             self.vision_model.requires_grad_(False)
@@ -264,7 +272,8 @@ class DascoForMabsa(DascoPreTrainedModel):
             scope_mask = word_spans_to_token_mask(aspect_scopes, word_token_start, word_token_end, num_tokens)
         scope_loss = None
         has_labels = mate_labels is not None or masc_labels is not None
-        if self.projection_head is not None and has_labels and aspect_spans is not None and aspect_mask.any():
+        use_scope_loss = self.projection_head is not None and self.config.use_scope_loss
+        if use_scope_loss and has_labels and aspect_spans is not None and aspect_mask.any():
             scope_loss = self.scope_loss(first_view, second_view, span_mask, scope_mask, aspect_mask, word_mask,
                                          word_token_start, word_token_end)  # fmt: skip
         if task == "mate":
@@ -274,16 +283,22 @@ class DascoForMabsa(DascoPreTrainedModel):
                 mate_logits=mate_logits, text_hidden_states=text_hidden, image_embeds=image_embeds,
             )  # fmt: skip
 
-        # 6. MASC: [span mean ; scope mean ; aspect-aligned visual tokens] -> 3 classes.
-        if aspect_input_ids is None and self.config.query_mode != "learned":
-            aspect_input_ids, aspect_query_mask = gather_span_query_ids(
-                qformer_word_ids, qformer_word_mask, aspect_spans, aspect_mask, self.config.qformer_config.pad_token_id
+        # 6. MASC: [span mean ; scope mean ; aspect-aligned visual tokens] -> 3 classes (or the released head).
+        if self.config.fusion_style == "released":
+            first, second = self.projection_head(first_view), self.projection_head(second_view)
+            masc_logits = self.masc_head(first, second, encoder_hidden[:, 0], span_mask)
+            aspect_cross_attentions = None
+        else:
+            if aspect_input_ids is None and self.config.query_mode != "learned":
+                aspect_input_ids, aspect_query_mask = gather_span_query_ids(
+                    qformer_word_ids, qformer_word_mask, aspect_spans, aspect_mask,
+                    self.config.qformer_config.pad_token_id,
+                )  # fmt: skip
+            visual, aspect_cross_attentions = self.aspect_visual_features(
+                aspect_input_ids, aspect_query_mask, aspect_mask, image_embeds, tweet_query_output, output_attentions
             )
-        visual, aspect_cross_attentions = self.aspect_visual_features(
-            aspect_input_ids, aspect_query_mask, aspect_mask, image_embeds, tweet_query_output, output_attentions
-        )
-        features = torch.cat([masked_mean(text_hidden, span_mask), masked_mean(text_hidden, scope_mask), visual], -1)
-        masc_logits = self.masc_head(features)
+            spans_and_scopes = [masked_mean(text_hidden, span_mask), masked_mean(text_hidden, scope_mask)]
+            masc_logits = self.masc_head(torch.cat([*spans_and_scopes, visual], -1))
 
         # 7. Losses: CE(MATE) + CE(MASC, class weights) + scope_loss_weight * scope contrastive loss.
         masc_loss = None
