@@ -226,9 +226,8 @@ def output_record(line_number: int, item: dict, results: list[dict]) -> dict:
     return record
 
 
-def predict_text(pipe, args) -> int:
-    """Predict the tweet of `--text`; print the results as JSON, or write them to `--output`."""
-    image = load_image(args.image) if args.image is not None else None
+def predict_text(pipe, args, image) -> int:
+    """Predict the tweet of `--text` with its loaded image; print the results as JSON, or write them to `--output`."""
     item = {"text": args.text, "image": image, "aspects": args.aspects, "id": None}
     results = pipe(pipeline_input(item), output_attentions=args.explain is not None)
     if args.explain is not None:
@@ -246,12 +245,19 @@ def predict_text(pipe, args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    pipe = load_pipeline(args.model, args.parser_model, args.device)
+    try:
+        # The image of --text is read before the model loads, so a wrong path fails at once.
+        image = load_image(args.image) if args.text is not None and args.image is not None else None
+        pipe = load_pipeline(args.model, args.parser_model, args.device)
+    except OSError as error:
+        # Missing or unreadable image, or a model folder or Hub id that cannot be loaded.
+        logger.error(str(error))
+        return 2
     if args.explain is not None:
         args.explain.mkdir(parents=True, exist_ok=True)
     if args.input is not None:
         return predict_file(pipe, args)
-    return predict_text(pipe, args)
+    return predict_text(pipe, args, image)
 
 
 if __name__ == "__main__":

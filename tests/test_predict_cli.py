@@ -121,6 +121,14 @@ def test_single_tweet_to_stdout(tiny_checkpoint, tmp_path, capsys):
     assert [(result["start"], result["end"]) for result in results] == [(12, 17), (None, None), (0, 5)]
 
 
+def test_missing_image_reported_without_traceback(tiny_checkpoint, tmp_path, caplog):
+    missing = tmp_path / "no_such_photo.jpg"
+    with caplog.at_level(logging.ERROR):
+        status = run_cli(tiny_checkpoint, "--text", "Chuck Bass is everything", "--image", missing)
+    assert status == 2
+    assert f"Image file not found: {missing}" in caplog.text
+
+
 def test_arguments_rejected():
     with pytest.raises(SystemExit):
         main(["--model", "x", "--input", "tweets.jsonl"])
