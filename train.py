@@ -31,7 +31,7 @@ from model_cards import write_model_card
 from modeling_dasco.hub_utils import push_checkpoint
 from modeling_dasco.feature_cache import VisionFeatureCache
 from modeling_dasco.data import DataFormatError
-from modeling_dasco.images import ImageLoader, ImageLoadError
+from modeling_dasco.images import BLANK_OPTION_HINT, ImageLoader, ImageLoadError
 from modeling_dasco.parsing import DEFAULT_PARSER_MODEL, DependencyParser, ParserModelNotFoundError, parse_records
 from modeling_dasco.presets import build_offline_preset
 from modeling_dasco.training_utils import (
@@ -45,6 +45,7 @@ from modeling_dasco.training_utils import (
     merge_tweet_rows,
     model_inputs,
     predict_tweets,
+    records_needing_images,
     score_predictions,
     write_json,
 )
@@ -175,17 +176,36 @@ def build_model(args, train_records):
     return model, processor
 
 
-def check_images(image_loader, splits, args, accelerator) -> None:
-    """Read every image once before training, so a missing or broken test image cannot stop a finished run."""
+def check_images(splits, args, feature_cache) -> ImageLoader:
+    """Make the image loader and read every image once, so that a missing or broken test image cannot stop a
+    finished run.
+
+    Records whose features were imported into the vision feature cache (`conversion.import_fork_features`,
+    `conversion.import_dasco_pickles`) need no image and are not read. When every record has them, no image
+    directory is needed.
+    """
+    needing_images = [record for split in splits.values() for record in records_needing_images(split, feature_cache)]
+    if args.image_dir is None and not args.blank_missing_images:
+        if needing_images:
+            first = needing_images[0]
+            imported = "" if feature_cache is None else ", and --vision-cache-dir has no imported features for them"
+            raise ImageLoadError(
+                f"No --image-dir given, so the images of {len(needing_images)} tweets cannot be read{imported}. "
+                f"The first is tweet {first.tweet_id} ({first.source}), image {first.image_id!r}. "
+                f"Pass --image-dir, or {BLANK_OPTION_HINT}."
+            )
+        # Every record is served from imported features, so this loader is never asked for an image.
+        return ImageLoader(None, blank_missing_images=True)
+    image_loader = ImageLoader(args.image_dir, blank_missing_images=args.blank_missing_images)
     if args.image_dir is None:
-        return
-    for records in splits.values():
-        image_loader.check_all(records)
+        return image_loader
+    image_loader.check_all(needing_images)
     if image_loader.blank_image_ids:
         logger.warning(
             f"{len(set(image_loader.blank_image_ids))} missing or unreadable images will be replaced by a blank image.",
             main_process_only=True,
         )
+    return image_loader
 
 
 def make_feature_cache(args, model, processor) -> VisionFeatureCache | None:
@@ -260,9 +280,8 @@ def main(argv=None):
     model, processor = build_model(args, splits["train"])
     processor.scope_hops = model.config.scope_hops
     logger.info(f"MASC class weights: {model.config.masc_class_weights}", main_process_only=True)
-    image_loader = ImageLoader(args.image_dir, blank_missing_images=args.blank_missing_images)
-    check_images(image_loader, splits, args, accelerator)
     feature_cache = make_feature_cache(args, model, processor)
+    image_loader = check_images(splits, args, feature_cache)
     train_loader, dev_loader, test_loader = make_dataloaders(args, splits, processor, image_loader, feature_cache)
 
     # 2. Optimizer and schedule; the step counts are recomputed after `prepare` shards the data.

@@ -5,6 +5,10 @@ output for an image never changes during fine-tuning. The cache folder is keyed 
 settings and a hash of the vision weights. Inside it, each image's features are stored under its image id
 and a hash of the image file's bytes. Changing the weights or the preprocessing selects a new folder, and
 changing an image file (even under the same name) selects a new entry, so stale features are not reused.
+
+Features computed elsewhere (the hotel-review fork's `features.pkl`, DASCO-format pickles) are imported by the
+`conversion.import_*` commands under `imported_image_key(image_id)`, which needs no image file: the collator
+uses such an entry for a record whose image file is missing or not cached.
 """
 
 import hashlib
@@ -26,6 +30,14 @@ PREPROCESSING_KEYS = ("size", "image_mean", "image_std", "resample", "rescale_fa
 def image_file_key(image_id: str, path: Path) -> str:
     """Cache key of an image file: its id and the SHA-256 of its bytes."""
     return f"{image_id}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+
+
+def imported_image_key(image_id: str) -> str:
+    """Cache key of features imported for an image id, for records that have no image file.
+
+    It ends in ":imported", and an `image_file_key` ends in a 64-digit hex digest, so the two cannot collide.
+    """
+    return f"{image_id}:imported"
 
 
 def vision_weights_hash(vision_model: torch.nn.Module) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .data import find_split_file, read_split
-from .feature_cache import BLANK_IMAGE_KEY, image_file_key
+from .feature_cache import BLANK_IMAGE_KEY, image_file_key, imported_image_key
 from .images import ImageLoader
 from .metrics import mabsa_scores, masc_scores, span_scores
 from .records import ID2LABEL, MabsaRecord
@@ -26,6 +26,7 @@ class MabsaCollator:
 
     With a vision feature cache, images whose features are cached are not loaded: the batch then carries
     `image_keys` (one per tweet) and `pixel_keys` (one per row of `pixel_values`) for `attach_image_embeds`.
+    Records whose features were imported (`imported_image_key`) need no image file and no `image_loader`.
     """
 
     def __init__(self, processor, image_loader: ImageLoader | None, with_labels: bool = True, feature_cache=None):
@@ -45,6 +46,11 @@ class MabsaCollator:
         for record in records:
             key = self.cached_key(record)
             if key is None:
+                if self.image_loader is None:
+                    raise ValueError(
+                        f"Tweet {record.tweet_id} ({record.source}) has no cached features for image "
+                        f"{record.image_id!r}, and the collator has no image loader to read the image."
+                    )
                 blanks_before = self.image_loader.num_blank
                 image = self.image_loader.load(record)
                 if self.image_loader.num_blank > blanks_before:
@@ -60,13 +66,17 @@ class MabsaCollator:
         return batch
 
     def cached_key(self, record: MabsaRecord) -> str | None:
-        """The cache key of a record's image file when its features are cached, else None."""
-        if self.image_loader.image_dir is None:
-            return None
-        path = self.image_loader.image_dir / record.image_id
-        if not path.is_file():
-            return None
-        key = image_file_key(record.image_id, path)
+        """Return the cache key of a record's features when they are cached, else None.
+
+        The entry of the image file comes first. Without the file or its entry, the features imported for the
+        record's image id serve, so a record with imported features needs no image file at all.
+        """
+        image_dir = None if self.image_loader is None else self.image_loader.image_dir
+        if image_dir is not None and (image_dir / record.image_id).is_file():
+            key = image_file_key(record.image_id, image_dir / record.image_id)
+            if self.feature_cache.contains(key):
+                return key
+        key = imported_image_key(record.image_id)
         return key if self.feature_cache.contains(key) else None
 
     def encode(self, records: list[MabsaRecord], images) -> dict:
@@ -83,6 +93,16 @@ class MabsaCollator:
         batch = dict(batch)
         batch["tweet_ids"] = [record.tweet_id for record in records]
         return batch
+
+
+def records_needing_images(records: list[MabsaRecord], feature_cache) -> list[MabsaRecord]:
+    """Return the records whose image must be read: all of them, except those with imported features in the cache.
+
+    A record whose features are cached under its image file's key is kept, because the file's bytes give the key.
+    """
+    if feature_cache is None:
+        return list(records)
+    return [record for record in records if not feature_cache.contains(imported_image_key(record.image_id))]
 
 
 def attach_image_embeds(batch: dict, feature_cache, device) -> dict:
