@@ -30,13 +30,24 @@ import modeling_dasco  # noqa: F401  (registers the Auto classes)
 from model_cards import write_model_card
 from modeling_dasco.hub_utils import push_checkpoint
 from modeling_dasco.feature_cache import VisionFeatureCache
-from modeling_dasco.data import DataFormatError
+from modeling_dasco.data import DataFormatError, read_split
 from modeling_dasco.images import BLANK_OPTION_HINT, ImageLoader, ImageLoadError
 from modeling_dasco.parsing import DEFAULT_PARSER_MODEL, DependencyParser, ParserModelNotFoundError, parse_records
 from modeling_dasco.presets import build_offline_preset
+from modeling_dasco.splits import (
+    apply_split_ids,
+    check_unique_tweet_ids,
+    parse_split_ratios,
+    read_pooled_records,
+    read_split_ids,
+    split_by_image,
+    split_ids_payload,
+)
 from modeling_dasco.training_utils import (
+    ASPECT_QUERY_SOURCES,
     DEFAULT_SELECTION_METRIC,
     MabsaCollator,
+    aspect_category_terms,
     attach_image_embeds,
     class_weights_from_records,
     count_truncated_aspects,
@@ -71,8 +82,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="DASCO checkpoint folder or Hub id to fine-tune (e.g. a converted BLIP-2).")
     source.add_argument("--preset", choices=PRESETS, help="Build a model from a preset instead of a checkpoint.")
-    parser.add_argument("--data-dir", required=True, help="Folder with train/dev/test in VLP JSON or TomBERT TSV/TXT.")
-    parser.add_argument("--data-format", choices=("json", "tsv", "txt"), help="Data format; default: by extension.")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data-dir", help="Folder with train/dev/test files: VLP JSON, TomBERT TSV/TXT or review JSON.")
+    data.add_argument(
+        "--data-file",
+        help="One data file containing all records, split by --split-file or else at random by --split-ratios.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-format", choices=("json", "tsv", "txt", "review"),
+        help="Data format; default: by extension (.json is VLP JSON). 'review' is the hotel-review JSON of the "
+        "DASCO fork (review, review_aspects, review_opinion_categories).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--unknown-polarity", choices=("skip", "error"), default="skip",
+        help="Review format: leave out aspects labelled Unknown and count them per split in all_results.json "
+        "(skip), or stop with an error (error). Default: %(default)s.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--split-file",
+        help="split_ids.json of an earlier run: pool the records of all data files and give each split the "
+        "records whose tweet ids it lists, in that order.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--split-ratios",
+        help="With --data-file: train,dev,test fractions of a random split by --seed, default 0.8,0.1,0.1. All "
+        "records of one image id go to the same split; the DASCO fork's split did not group them, so one photo "
+        "could be in both train and test.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--aspect-queries", choices=ASPECT_QUERY_SOURCES, default="term",
+        help="Build each gold aspect's Q-Former queries from its words (term) or from its category, such as "
+        "'Facility' (category, needs review_aspect_categories). Aspects that JMASA extracts have no category, "
+        "so their queries always come from their words. Default: %(default)s.",
+    )  # fmt: skip
     parser.add_argument("--image-dir", help="Folder with the tweet images, named by the records' image ids.")
     parser.add_argument(
         "--blank-missing-images", action="store_true",
@@ -132,7 +174,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.selection_metric = DEFAULT_SELECTION_METRIC[args.task]
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push-to-hub needs --hub-model-id (for example org/dasco-qformer).")
+    check_split_args(parser, args)
     return args
+
+
+def check_split_args(parser, args) -> None:
+    """Check the split options and parse --split-ratios into `args.split_ratios` (None unless it is used)."""
+    for option, path in (("--data-file", args.data_file), ("--split-file", args.split_file)):
+        if path is not None and not Path(path).is_file():
+            parser.error(f"{option} {path}: file not found.")
+    if args.split_ratios is not None and args.data_file is None:
+        parser.error("--split-ratios needs --data-file: a data folder's train, dev and test files are already split.")
+    if args.split_ratios is not None and args.split_file is not None:
+        parser.error("--split-ratios and --split-file both choose the splits; pass one of them.")
+    if args.data_file is not None and args.split_file is None:
+        try:
+            args.split_ratios = parse_split_ratios(args.split_ratios or "0.8,0.1,0.1")
+        except ValueError as error:
+            parser.error(str(error))
 
 
 def check_output_dir(args) -> Path:
@@ -217,7 +276,7 @@ def make_feature_cache(args, model, processor) -> VisionFeatureCache | None:
 
 
 def make_dataloaders(args, splits, processor, image_loader, feature_cache=None):
-    collator = MabsaCollator(processor, image_loader, feature_cache=feature_cache)
+    collator = MabsaCollator(processor, image_loader, feature_cache=feature_cache, aspect_queries=args.aspect_queries)
     generator = torch.Generator().manual_seed(args.seed)
     train = DataLoader(
         splits["train"], batch_size=args.per_device_train_batch_size, shuffle=True,
@@ -276,7 +335,9 @@ def main(argv=None):
 
     # 1. Data (parsed once, on the main process first so the others read its parse cache), model, processor.
     with accelerator.main_process_first():
-        splits = load_parsed_splits(args)
+        splits, data_report = load_parsed_splits(args)
+    if accelerator.is_main_process:
+        write_json(output_dir / "split_ids.json", split_ids_payload(splits, split_source(args)))
     model, processor = build_model(args, splits["train"])
     processor.scope_hops = model.config.scope_hops
     logger.info(f"MASC class weights: {model.config.masc_class_weights}", main_process_only=True)
@@ -323,17 +384,70 @@ def main(argv=None):
     progress.close()
 
     # 4. Reload the best dev epoch, score test once, save.
-    finish(args, model, processor, test_loader, splits, state, accelerator, output_dir, image_loader, started)
+    finish(
+        args, model, processor, test_loader, splits, state, accelerator, output_dir, image_loader, started, data_report
+    )
 
 
-def load_parsed_splits(args) -> dict:
-    splits = load_splits(args.data_dir, args.data_format)
+def load_parsed_splits(args) -> tuple[dict, dict]:
+    """Read, split and parse the records. Returns the splits and the data counts for all_results.json."""
+    splits, report = load_data_splits(args)
     if args.max_train_samples:
         splits["train"] = splits["train"][: args.max_train_samples]
+    if args.data_format == "review":
+        skipped = {split: sum(record.skipped_aspects for record in records) for split, records in splits.items()}
+        report["skipped_unknown_aspects"] = skipped
+        logger.info(f"Aspects labelled Unknown and left out, per split: {skipped}", main_process_only=True)
+    if args.aspect_queries == "category":
+        for records in splits.values():
+            aspect_category_terms(records)  # raises DataFormatError on the first aspect without a category
+        if args.task == "jmasa":
+            logger.warning(
+                "--aspect-queries category applies to gold aspects only: the aspects that JMASA extracts have no "
+                "category, so their queries come from their words.", main_process_only=True,
+            )  # fmt: skip
     parser = DependencyParser(args.parser_model, cache_dir=args.parse_cache_dir)
     for records in splits.values():
         parse_records(records, parser)
-    return splits
+    return splits, report
+
+
+def load_data_splits(args) -> tuple[dict, dict]:
+    """Read the records and split them by data file, by --split-file or at random by --split-ratios."""
+    if args.data_file is None and args.split_file is None:
+        return load_splits(args.data_dir, args.data_format, unknown_polarity=args.unknown_polarity), {}
+    if args.data_file is not None:
+        records = read_split(args.data_file, args.data_format, args.unknown_polarity)
+        files = [Path(args.data_file)]
+    else:
+        records, files = read_pooled_records(args.data_dir, args.data_format, args.unknown_polarity)
+    if args.split_file is None:
+        check_unique_tweet_ids(records)
+        splits = split_by_image(records, args.split_ratios, args.seed)
+        sizes = ", ".join(f"{split} {len(chosen)}" for split, chosen in splits.items())
+        logger.info(f"Random split of {args.data_file} by image, seed {args.seed}: {sizes} records")
+        return splits, {}
+    splits, unassigned = apply_split_ids(records, read_split_ids(args.split_file), args.split_file, files)
+    if unassigned:
+        first = unassigned[0]
+        logger.warning(
+            f"{len(unassigned)} records of the data are in no split of {args.split_file} and are not used. The first "
+            f"is tweet {first.tweet_id} ({first.source}).", main_process_only=True,
+        )  # fmt: skip
+    return splits, {"records_not_in_split_file": len(unassigned)}
+
+
+def split_source(args) -> dict:
+    """Return the `source` entry of split_ids.json: the data and the options that chose the splits."""
+    source = {"data_format": args.data_format}
+    optional = {
+        "data_dir": args.data_dir, "data_file": args.data_file, "split_file": args.split_file,
+        "max_train_samples": args.max_train_samples,
+    }  # fmt: skip
+    source.update({key: value for key, value in optional.items() if value is not None})
+    if args.split_ratios is not None:
+        source.update(split_ratios=list(args.split_ratios), seed=args.seed)
+    return source
 
 
 def evaluate_only(args, model, dev_loader, test_loader, splits, accelerator, output_dir):
@@ -414,7 +528,9 @@ def _read_state(path: str, default: dict) -> dict:
     return json.loads(state_file.read_text()) if state_file.exists() else default
 
 
-def finish(args, model, processor, test_loader, splits, state, accelerator, output_dir, image_loader, started):
+def finish(
+    args, model, processor, test_loader, splits, state, accelerator, output_dir, image_loader, started, data_report
+):
     feature_cache = test_loader.collate_fn.feature_cache
     unwrapped = accelerator.unwrap_model(model)
     best_dir = output_dir / BEST_MODEL_DIR
@@ -436,6 +552,7 @@ def finish(args, model, processor, test_loader, splits, state, accelerator, outp
         blank_images=len(set(blank_ids)), truncated_train_aspects=state["truncated_aspects"],
         num_processes=accelerator.num_processes, test_predicted_tweets=num_test_tweets,
     )  # fmt: skip
+    results.update(data_report)
     write_json(output_dir / "all_results.json", results)
     write_model_card(output_dir, results, vars(args), base_model=args.model or args.preset)
     if args.push_to_hub:

@@ -108,7 +108,7 @@ def write_model_card(output_dir: Path, results: dict, args: dict, base_model: st
             "all_results.json after scoring the test split."
         )
     config = _read_json(output_dir / "config.json")
-    dataset_id = infer_dataset(args.get("data_dir"))
+    dataset_id = infer_dataset(_data_path(args))
     model_id = args.get("hub_model_id") or str(output_dir)
     model_name = args.get("hub_model_id") or output_dir.resolve().name
     metadata = build_metadata(task, results, measured, dataset_id, args, resolve_base_models(base_model), model_name)
@@ -118,7 +118,7 @@ def write_model_card(output_dir: Path, results: dict, args: dict, base_model: st
         "title": model_name.split("/")[-1],
         "task_title": next(spec.title for spec in TASK_SPECS if spec.key == task),
         "method_description": _method_description(config, args),
-        "dataset_description": _dataset_description(dataset_id, args.get("data_dir")),
+        "dataset_description": _dataset_description(dataset_id, _data_path(args)),
         "results_table": _results_table(measured, results),
         "blank_image_warning": _blank_image_warning(results.get("blank_images", 0)),
         "training_details": _training_details(results, args, config, base_model, dataset_id),
@@ -147,7 +147,7 @@ def build_metadata(task, results, measured, dataset_id, args, base_models, model
         base_model=base_models or None,
         datasets=[dataset_id] if dataset_id else None,
     ).to_dict()
-    dataset_type = dataset_id or _folder_name(args.get("data_dir"))
+    dataset_type = dataset_id or _folder_name(_data_path(args))
     dataset_name = DATASET_NAMES.get(dataset_id, dataset_type)
     # `ModelCardData(eval_results=...)` groups results by task type and dataset, so MATE and JMASA (both
     # token classification) would share one entry. Each task's results are converted separately instead.
@@ -246,6 +246,11 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _data_path(args: dict) -> str | None:
+    """Return train.py's data folder (`--data-dir`) or, in its place, its single data file (`--data-file`)."""
+    return args.get("data_dir") or args.get("data_file")
+
+
 def _folder_name(data_dir: str | None) -> str:
     return Path(data_dir).name if data_dir else "unknown"
 
@@ -307,7 +312,7 @@ def _training_details(results: dict, args: dict, config: dict, base_model: str |
 
     lines = [
         f"- Initial model: `{base_model}`" + (f" (pretrained parts: {', '.join(base_models)})" if base_models else ""),
-        f"- Data: `{args.get('data_dir')}`" + (f" ({DATASET_NAMES[dataset_id]})" if dataset_id else ""),
+        f"- Data: `{_data_path(args)}`" + (f" ({DATASET_NAMES[dataset_id]})" if dataset_id else ""),
         f"- Task: `{results.get('task') or args.get('task')}`",
         f"- Epochs: {args.get('num_train_epochs')}, learning rate {args.get('learning_rate')}, "
         f"batch size {batch} per process × {processes} process(es) × {accumulation} accumulation step(s), "
@@ -315,6 +320,7 @@ def _training_details(results: dict, args: dict, config: dict, base_model: str |
         f"- MASC class weights: {config.get('masc_class_weights')} (`--masc-class-weights "
         f"{args.get('masc_class_weights', 'none')}`)",
         f"- Query mode: `{args.get('query_mode') or config.get('query_mode') or 'aspect'}`",
+        *_aspect_query_lines(args),
         f"- Ablations: {', '.join(ablations) if ablations else 'none'}",
         f"- Dependency parser: `{args.get('parser_model')}`",
     ]
@@ -337,6 +343,15 @@ def _training_details(results: dict, args: dict, config: dict, base_model: str |
     if truncated:
         lines.append(f"- Training aspects dropped past `--max-length`: {truncated}")
     return "\n".join(lines)
+
+
+def _aspect_query_lines(args: dict) -> list[str]:
+    if args.get("aspect_queries") != "category":
+        return []
+    return [
+        "- Aspect queries: each gold aspect's category, such as \"Facility\", instead of its words "
+        "(`--aspect-queries category`). Pass categories as the pipeline's `aspects=[...]` to query the same way."
+    ]
 
 
 def _switch(config: dict, args: dict, key: str) -> bool:

@@ -8,6 +8,9 @@ Three file layouts hold the same annotations, row for row:
   ``index, label (0/1/2), image id, tweet with $T$, target``.
 - TomBERT TXT (``{split}.txt``): 4 lines per aspect: tweet with ``$T$``, target, label (-1/0/1), image id.
 
+The review JSON of the hotel-review fork of DASCO (format ``review``, also ``{split}.json``) is read by
+``review_data.read_review_json``; as its extension is ``.json`` too, it is read only when named explicitly.
+
 Every reader returns ``list[MabsaRecord]`` with polarity ids negative=0, neutral=1, positive=2, and the
 same ``tweet_id`` (``"{file stem}-{ordinal}"``) for the same tweet whichever layout it came from.
 """
@@ -19,7 +22,10 @@ from pathlib import Path
 
 from .records import ID2LABEL, AspectSpan, MabsaRecord
 
-SUPPORTED_FORMATS = ("json", "tsv", "txt")
+SUPPORTED_FORMATS = ("json", "tsv", "txt", "review")
+# File extension of each format. A format is detected from the extension only for the first three.
+FORMAT_EXTENSIONS = {"json": "json", "tsv": "tsv", "txt": "txt", "review": "json"}
+DETECTED_FORMATS = ("json", "tsv", "txt")
 SPLIT_SUBFOLDERS = ("", "aom_json", "tombert")
 TARGET_PLACEHOLDER = "$T$"
 
@@ -65,13 +71,19 @@ def parse_label(value: str, data_format: str, source: str) -> int:
 # Choosing a reader and finding a split
 
 
-def read_split(path: str | Path, data_format: str | None = None) -> list[MabsaRecord]:
+def read_split(path: str | Path, data_format: str | None = None, unknown_polarity: str = "skip") -> list[MabsaRecord]:
     """Read one split file, choosing the reader from `data_format` or else from the file extension.
 
-    `data_format` is one of "json", "tsv", "txt".
+    `data_format` is one of "json", "tsv", "txt", "review". `unknown_polarity` ("skip" or "error") applies to the
+    review format only: see `review_data.read_review_json`.
     """
     path = Path(path)
     data_format = _resolve_format(path, data_format)
+    if data_format == "review":
+        # Imported here because review_data imports DataFormatError from this module.
+        from .review_data import read_review_json
+
+        return read_review_json(path, unknown=unknown_polarity)[0]
     readers = {"json": read_vlp_json, "tsv": read_tombert_tsv, "txt": read_tombert_txt}
     return readers[data_format](path)
 
@@ -85,7 +97,7 @@ def _resolve_format(path: Path, data_format: str | None) -> str:
             )
         return name
     suffix = path.suffix.lower().lstrip(".")
-    if suffix not in SUPPORTED_FORMATS:
+    if suffix not in DETECTED_FORMATS:
         raise ValueError(
             f"Cannot tell the data format of {path} from its extension {path.suffix!r}. "
             f"Rename it to .json, .tsv or .txt, or pass the format explicitly "
@@ -99,17 +111,17 @@ def find_split_file(data_dir: str | Path, split: str, data_format: str | None = 
 
     Looks for `{split}.json`, `{split}.tsv` and `{split}.txt`, in that order, first in `data_dir`
     itself and then in its `aom_json/` and `tombert/` subfolders. With `data_format` set, only that
-    extension is tried.
+    format's extension is tried.
     """
     data_dir = Path(data_dir)
     if data_format is None:
-        formats = SUPPORTED_FORMATS
+        extensions = DETECTED_FORMATS
     else:
-        formats = (_resolve_format(data_dir, data_format),)
+        extensions = (FORMAT_EXTENSIONS[_resolve_format(data_dir, data_format)],)
 
     tried = []
     for subfolder in SPLIT_SUBFOLDERS:
-        for extension in formats:
+        for extension in extensions:
             candidate = data_dir / subfolder / f"{split}.{extension}"
             if candidate.is_file():
                 return candidate
@@ -161,9 +173,12 @@ def _load_json_list(path: Path) -> list:
 
 def _json_record(raw: object, tweet_id: str, source: str) -> MabsaRecord:
     if not isinstance(raw, dict) or not {"words", "image_id", "aspects"} <= raw.keys():
+        hint = ""
+        if isinstance(raw, dict) and "review" in raw:
+            hint = " The record has a 'review' key: for the hotel-review JSON, pass the data format 'review'."
         raise DataFormatError(
             f"{source}: the record is missing 'words', 'image_id' or 'aspects'. "
-            f"Expected {FORMAT_DESCRIPTIONS['json']}."
+            f"Expected {FORMAT_DESCRIPTIONS['json']}.{hint}"
         )
     words = raw["words"]
     if not _is_string_list(words):

@@ -31,7 +31,8 @@ class MabsaRecord:
 
     `source` names the file and the row (1-based line or record number) the tweet was read from,
     so that errors about this record can point the user to it. `dependency_heads` contains the 0-based head
-    index of each word (the root points to itself) once the record is parsed.
+    index of each word (the root points to itself) once the record is parsed. `skipped_aspects` counts the
+    aspects that the reader left out of `aspects` (the review JSON's `Unknown` polarity).
     """
 
     tweet_id: str
@@ -40,3 +41,4 @@ class MabsaRecord:
     aspects: list[AspectSpan] = field(default_factory=list)
     source: str = ""
     dependency_heads: list[int] | None = None
+    skipped_aspects: int = 0

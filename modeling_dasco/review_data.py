@@ -3,7 +3,8 @@
 Each record is an object with `review` (text), `review_aspects` (`{term, from, to}` with 0-based, inclusive
 indices of whitespace-separated words), `review_opinion_categories` (`Positive`, `Negative`, `Neutral` or
 `Unknown`, parallel to the aspects), optional `review_aspect_categories` (e.g. "Facility"), and `image_id`
-(or `id`) naming the photo.
+(or `id`) naming the photo. A record's optional `text_id` (`{hotel}_{sentence}` in the fork's pipeline) becomes
+its `tweet_id`, so split files can name it; records without one get `"{file stem}-{index}"`.
 """
 
 import json
@@ -21,7 +22,8 @@ def read_review_json(path: str | Path, unknown: str = "skip") -> tuple[list[Mabs
     """Read a review JSON file into records; returns them and the number of `Unknown` aspects skipped.
 
     `unknown="skip"` leaves aspects labelled `Unknown` out (and counts them); `unknown="error"` rejects them.
-    Aspect categories, when present, are kept as each aspect's `category`, so they can serve as queries.
+    Aspect categories, when present, are kept as each aspect's `category`, so they can serve as queries. Each
+    record's `skipped_aspects` holds its own count. A `text_id` that occurs twice in the file is an error.
     """
     if unknown not in ("skip", "error"):
         raise ValueError(f"unknown={unknown!r} is not supported; pass 'skip' or 'error'.")
@@ -33,9 +35,15 @@ def read_review_json(path: str | Path, unknown: str = "skip") -> tuple[list[Mabs
     if not isinstance(raw_records, list):
         raise DataFormatError(f"{path} contains a {type(raw_records).__name__}; expected a list of review objects.")
 
-    records, skipped = [], 0
+    records, skipped, sources_by_id = [], 0, {}
     for number, raw in enumerate(raw_records, start=1):
         record, record_skipped = _review_record(raw, f"{path}, record {number}", f"{path.stem}-{number - 1}", unknown)
+        if record.tweet_id in sources_by_id:
+            raise DataFormatError(
+                f"text_id {record.tweet_id!r} occurs twice: in {sources_by_id[record.tweet_id]} and in {record.source}. "
+                "Each record needs its own text_id, because splits and predictions refer to records by it."
+            )
+        sources_by_id[record.tweet_id] = record.source
         records.append(record)
         skipped += record_skipped
     return records, skipped
@@ -56,6 +64,8 @@ def _review_record(raw: dict, source: str, tweet_id: str, unknown: str) -> tuple
     image_id = raw.get("image_id", raw.get("id"))
     if image_id is None:
         raise DataFormatError(f"{source}: no 'image_id' or 'id' names the record's photo.")
+    if "text_id" in raw:
+        tweet_id = _text_id(raw["text_id"], source)
 
     aspects, skipped = [], 0
     for aspect, label, category in zip(aspects_raw, labels, categories):
@@ -63,8 +73,17 @@ def _review_record(raw: dict, source: str, tweet_id: str, unknown: str) -> tuple
             skipped += 1
             continue
         aspects.append(_review_aspect(words, aspect, label, category, source))
-    record = MabsaRecord(tweet_id=tweet_id, words=words, image_id=str(image_id), aspects=aspects, source=source)
+    record = MabsaRecord(
+        tweet_id=tweet_id, words=words, image_id=str(image_id), aspects=aspects, source=source, skipped_aspects=skipped
+    )
     return record, skipped
+
+
+def _text_id(value: object, source: str) -> str:
+    # bool is an int subclass, so reject it explicitly.
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        raise DataFormatError(f"{source}: 'text_id' must be a non-empty string or an integer, got {value!r}.")
+    return str(value)
 
 
 def _review_aspect(words: list[str], aspect: dict, label: str, category: str | None, source: str) -> AspectSpan:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .data import find_split_file, read_split
+from .data import DataFormatError, find_split_file, read_split
 from .feature_cache import BLANK_IMAGE_KEY, image_file_key, imported_image_key
 from .images import ImageLoader
 from .metrics import mabsa_scores, masc_scores, span_scores
@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 # Dev metric used for model selection when the user does not name one.
 DEFAULT_SELECTION_METRIC = {"mate": "mate_f1", "masc": "masc_accuracy", "jmasa": "jmasa_f1"}
+# Sources of each gold aspect's Q-Former queries: its words or its category (train.py --aspect-queries).
+ASPECT_QUERY_SOURCES = ("term", "category")
 
 
 class MabsaCollator:
@@ -27,13 +29,25 @@ class MabsaCollator:
     With a vision feature cache, images whose features are cached are not loaded: the batch then carries
     `image_keys` (one per tweet) and `pixel_keys` (one per row of `pixel_values`) for `attach_image_embeds`.
     Records whose features were imported (`imported_image_key`) need no image file and no `image_loader`.
+    With `aspect_queries="category"`, each gold aspect's Q-Former queries come from its category ("Facility")
+    instead of its words, and an aspect without a category raises DataFormatError.
     """
 
-    def __init__(self, processor, image_loader: ImageLoader | None, with_labels: bool = True, feature_cache=None):
+    def __init__(
+        self,
+        processor,
+        image_loader: ImageLoader | None,
+        with_labels: bool = True,
+        feature_cache=None,
+        aspect_queries: str = "term",
+    ):
+        if aspect_queries not in ASPECT_QUERY_SOURCES:
+            raise ValueError(f"aspect_queries={aspect_queries!r} is not supported; pass one of {ASPECT_QUERY_SOURCES}.")
         self.processor = processor
         self.image_loader = image_loader
         self.with_labels = with_labels
         self.feature_cache = feature_cache
+        self.aspect_queries = aspect_queries
 
     def __call__(self, records: list[MabsaRecord]) -> dict:
         if self.feature_cache is not None:
@@ -89,6 +103,7 @@ class MabsaCollator:
             aspect_spans=spans,
             polarities=polarities if self.with_labels else None,
             dependency_heads=[record.dependency_heads for record in records] if parsed else None,
+            aspect_terms=aspect_category_terms(records) if self.aspect_queries == "category" else None,
         )
         batch = dict(batch)
         batch["tweet_ids"] = [record.tweet_id for record in records]
@@ -114,9 +129,29 @@ def attach_image_embeds(batch: dict, feature_cache, device) -> dict:
     return batch
 
 
-def load_splits(data_dir: str | Path, data_format: str | None, splits=("train", "dev", "test")) -> dict:
-    """Read each split of a data folder into records."""
-    return {split: read_split(find_split_file(data_dir, split, data_format), data_format) for split in splits}
+def aspect_category_terms(records: list[MabsaRecord]) -> list[list[str]]:
+    """Return per record and aspect the aspect's category, as the processor's `aspect_terms`."""
+    terms = []
+    for record in records:
+        for aspect in record.aspects:
+            if not aspect.category:
+                raise DataFormatError(
+                    f"{record.source}: aspect {' '.join(aspect.term)!r} has no category, but --aspect-queries "
+                    "category builds each aspect's queries from its category. Give every aspect a category "
+                    "(review_aspect_categories in the review JSON) or use --aspect-queries term."
+                )
+        terms.append([aspect.category for aspect in record.aspects])
+    return terms
+
+
+def load_splits(
+    data_dir: str | Path, data_format: str | None, splits=("train", "dev", "test"), unknown_polarity: str = "skip"
+) -> dict:
+    """Read each split of a data folder into records. `unknown_polarity` applies to the review format only."""
+    return {
+        split: read_split(find_split_file(data_dir, split, data_format), data_format, unknown_polarity)
+        for split in splits
+    }
 
 
 def class_weights_from_records(records: list[MabsaRecord]) -> list[float]:
