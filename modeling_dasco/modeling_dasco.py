@@ -443,13 +443,9 @@ class DascoForMabsa(DascoPreTrainedModel):
 
         # Only real aspects go through the Q-Former, each against its own tweet's image.
         tweet_index, aspect_index = aspect_mask.nonzero(as_tuple=True)
-        query_ids = aspect_input_ids[tweet_index, aspect_index]
-        query_mask = aspect_query_mask[tweet_index, aspect_index]
-        query_embeds = self.embeddings(input_ids=query_ids)
-        if self.config.query_mode == "aspect+learned":
-            learned = self.query_tokens.expand(query_ids.shape[0], -1, -1)
-            query_embeds = torch.cat([learned, query_embeds], dim=1)
-            query_mask = torch.cat([query_mask.new_ones(learned.shape[:2]), query_mask], dim=1)
+        query_embeds, query_mask = self.aspect_query_embeds(
+            aspect_input_ids[tweet_index, aspect_index], aspect_query_mask[tweet_index, aspect_index]
+        )
         output = self.run_qformer(query_embeds, image_embeds[tweet_index], query_mask, output_attentions)
         pooled = masked_mean(output.last_hidden_state, query_mask[:, None, :]).squeeze(1)
         features = features.to(pooled.dtype)
@@ -461,6 +457,21 @@ class DascoForMabsa(DascoPreTrainedModel):
             cross_attentions = stacked.new_zeros(batch_size, num_aspects, *stacked.shape[1:])
             cross_attentions[tweet_index, aspect_index] = stacked
         return features, cross_attentions
+
+    def aspect_query_embeds(
+        self, query_ids: torch.LongTensor, query_mask: torch.LongTensor
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """Embed aspect queries `[n, query_tokens]` with the Q-Former word and position embeddings.
+
+        In `query_mode="aspect+learned"` the learned query tokens come first. Returns the queries
+        `[n, queries, qformer_hidden]` and their mask `[n, queries]`.
+        """
+        query_embeds = self.embeddings(input_ids=query_ids)
+        if self.config.query_mode == "aspect+learned":
+            learned = self.query_tokens.expand(query_ids.shape[0], -1, -1)
+            query_embeds = torch.cat([learned, query_embeds], dim=1)
+            query_mask = torch.cat([query_mask.new_ones(learned.shape[:2]), query_mask], dim=1)
+        return query_embeds, query_mask
 
     def fuse_branches(
         self, encoder_hidden: torch.Tensor, attention_mask: torch.LongTensor, syntax_adjacency: torch.Tensor | None

@@ -2,10 +2,12 @@
 
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 
 import torch
+from transformers import get_scheduler
 
 from .data import DataFormatError, find_split_file, read_split
 from .feature_cache import BLANK_IMAGE_KEY, image_file_key, imported_image_key
@@ -239,6 +241,22 @@ def score_predictions(task: str, gold: list, predictions: dict) -> dict[str, flo
         scores = masc_scores(gold, predictions["gold_polarities"])
         return {f"masc_{name}": value for name, value in scores.items()}
     return mabsa_scores(gold, predictions["joint"], predictions["gold_polarities"])
+
+
+def make_linear_schedule(args, optimizer, train_loader, accelerator):
+    """Build the prepared linear warmup and decay schedule of `--warmup-ratio` over `--num-train-epochs`.
+
+    Call it after `accelerator.prepare` has sharded `train_loader`, so the step counts are per process. Returns
+    the scheduler, the optimizer steps per epoch and the optimizer steps in all.
+    """
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_steps = steps_per_epoch * args.num_train_epochs
+    # The prepared scheduler steps once per process for each optimizer step, so its step counts are scaled.
+    scheduler = get_scheduler(
+        "linear", optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps) * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
+    )  # fmt: skip
+    return accelerator.prepare(scheduler), steps_per_epoch, max_steps
 
 
 def write_json(path: Path, payload: dict) -> None:
