@@ -255,6 +255,9 @@ def check_images(splits, args, feature_cache) -> ImageLoader:
     `conversion.import_dasco_pickles`) need no image and are not read. When every record has them, no image
     directory is needed.
     """
+    if args.no_image:
+        # A text-only model reads no image, so none is checked, and the collator gets no loader.
+        return ImageLoader(None, blank_missing_images=True)
     needing_images = [record for split in splits.values() for record in records_needing_images(split, feature_cache)]
     if args.image_dir is None and not args.blank_missing_images:
         if needing_images:
@@ -288,7 +291,8 @@ def make_feature_cache(args, model, processor) -> VisionFeatureCache | None:
 
 
 def make_dataloaders(args, splits, processor, image_loader, feature_cache=None):
-    collator = MabsaCollator(processor, image_loader, feature_cache=feature_cache, aspect_queries=args.aspect_queries)
+    loader = None if args.no_image else image_loader
+    collator = MabsaCollator(processor, loader, feature_cache=feature_cache, aspect_queries=args.aspect_queries)
     generator = torch.Generator().manual_seed(args.seed)
     train = DataLoader(
         splits["train"], batch_size=args.per_device_train_batch_size, shuffle=True,

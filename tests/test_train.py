@@ -82,6 +82,17 @@ def test_output_dir_not_overwritten(trained_run, tiny_checkpoint):
     assert (output_dir / "model.safetensors").read_bytes() == before
 
 
+def test_text_only_run_reads_no_images(tiny_checkpoint, tmp_path):
+    output_dir = tmp_path / "out"
+    result = run_train(
+        "--model", tiny_checkpoint, "--data-dir", SAMPLE, "--no-image", "--eval-only", "--task", "masc",
+        "--output-dir", output_dir, launcher=(sys.executable,),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert results["test_predicted_tweets"] == len(read_vlp_json(SAMPLE / "test.json"))
+
+
 def test_missing_images_fail_without_option(tiny_checkpoint, tmp_path):
     image_dir = tmp_path / "images"
     image_dir.mkdir()
