@@ -24,7 +24,7 @@ from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 import modeling_dasco  # noqa: F401  (registers the Auto classes)
 from model_cards import write_model_card
@@ -75,7 +75,11 @@ ABLATIONS = {
     "no_scope_loss": "use_scope_loss",
 }
 # Errors that describe bad input (files, data, options) and already say what to do.
-USER_ERRORS = (DataFormatError, ImageLoadError, ParserModelNotFoundError, FileExistsError)
+class ModelLoadError(OSError):
+    """--model names no loadable checkpoint: a mistyped folder, or a Hub id that is unknown or offline."""
+
+
+USER_ERRORS = (DataFormatError, ImageLoadError, ParserModelNotFoundError, FileExistsError, ModelLoadError)
 CHECKPOINT_PATTERN = re.compile(r"^(epoch|step)_(\d+)$")
 
 
@@ -130,7 +134,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--blank-missing-images", action="store_true",
         help="Substitute one fixed blank image for each missing or unreadable image and report the count.",
     )  # fmt: skip
-    parser.add_argument("--task", choices=("mate", "masc", "jmasa"), default="jmasa", help="Task to train.")
+    parser.add_argument(
+        "--task", choices=("mate", "masc", "jmasa"),
+        help="Task to train or evaluate. Default: jmasa for training; with --eval-only, the task of --model.",
+    )  # fmt: skip
     parser.add_argument("--output-dir", required=True, help="Folder for the model, processor and results.")
     parser.add_argument("--overwrite-output-dir", action="store_true", help="Allow writing into a non-empty folder.")
     parser.add_argument("--num-train-epochs", type=int, default=3, help="Number of passes over the train split.")
@@ -182,6 +189,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_pretraining_arguments(parser)
     args = parser.parse_args(argv)
     check_stage_arguments(parser, args)
+    if args.task is None:
+        args.task = default_task(args)
     if args.selection_metric is None:
         args.selection_metric = DEFAULT_SELECTION_METRIC[args.task]
     if args.push_to_hub and not args.hub_model_id:
@@ -204,6 +213,16 @@ def check_split_args(parser, args) -> None:
             args.split_ratios = parse_split_ratios(args.split_ratios or "0.8,0.1,0.1")
         except ValueError as error:
             parser.error(str(error))
+
+
+def default_task(args) -> str:
+    """Return jmasa, or with --eval-only the task that --model was trained for (from its config)."""
+    if args.eval_only and args.model:
+        try:
+            return AutoConfig.from_pretrained(args.model, trust_remote_code=True).task
+        except OSError as error:
+            raise ModelLoadError(f"--model {args.model} could not be loaded: {error}") from error
+    return "jmasa"
 
 
 def check_output_dir(args) -> Path:
@@ -241,8 +260,11 @@ def build_model(args, train_records):
             overrides[key] = False
     if args.preset == "offline-minilm":
         return build_offline_preset(max_length=args.max_length, **overrides)
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=torch.float32, **overrides)
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    try:
+        model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=torch.float32, **overrides)
+        processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    except OSError as error:
+        raise ModelLoadError(f"--model {args.model} could not be loaded: {error}") from error
     processor.max_length = args.max_length
     return model, processor
 
@@ -355,13 +377,16 @@ def main(argv=None):
     # 1. Data (parsed once, on the main process first so the others read its parse cache), model, processor.
     with accelerator.main_process_first():
         splits, data_report = load_parsed_splits(args)
-    if accelerator.is_main_process:
-        write_json(output_dir / "split_ids.json", split_ids_payload(splits, split_source(args)))
     model, processor = build_model(args, splits["train"])
     processor.scope_hops = model.config.scope_hops
     logger.info(f"MASC class weights: {model.config.masc_class_weights}", main_process_only=True)
+    # A text-only checkpoint reads no images, with or without --no-image.
+    args.no_image = args.no_image or not model.config.use_image
     feature_cache = make_feature_cache(args, model, processor)
     image_loader = check_images(splits, args, feature_cache)
+    # Written once the data, model and images are known to load, so a run stopped by bad input leaves no file.
+    if accelerator.is_main_process:
+        write_json(output_dir / "split_ids.json", split_ids_payload(splits, split_source(args)))
     train_loader, dev_loader, test_loader = make_dataloaders(args, splits, processor, image_loader, feature_cache)
 
     # 2. Optimizer and schedule; the step counts are recomputed after `prepare` shards the data.

@@ -51,8 +51,10 @@ from conversion.convert_lavis_to_dasco import (
 from modeling_dasco import DascoConfig, DascoForMabsa
 
 
-# The released label order is POS=0, NEU=1, NEG=2; row i of the converted classifier is released row ORDER[i].
+# The released label order is POS=0, NEU=1, NEG=2, so row i of the converted classifier is row RELEASED_TO_PACKAGE_ROWS[i] of the released one.
 RELEASED_TO_PACKAGE_ROWS = [2, 1, 0]
+# The released `hyper1` in DASCO's own fine-tuning scripts.
+DEFAULT_GATE_SCALE = 0.2
 REQUIRED_KEYS = ("classifier.weight", "semW.0.weight", "depW.0.weight", "fc1.weight", "fc3.weight", "fc4.weight")
 TEXT_PREFIX = "text_encoder.encoder."
 POOLER_PREFIX = "text_encoder.encoder.pooler.dense."
@@ -102,9 +104,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "were trained on 1664-wide OpenCLIP features that a BLIP-2 vision tower does not produce.",
     )  # fmt: skip
     parser.add_argument(
-        "--gate-scale", type=float, default=0.2,
-        help="The released `hyper1`, the scale of the fusion gate: 0.2 in DASCO's scripts, 0.25 in the fork's. "
-        "Checkpoints do not store it.",
+        "--gate-scale", type=float,
+        help="The released `hyper1`, the scale of the fusion gate: 0.2 in DASCO's scripts (the default), 0.25 in "
+        "the fork's. Checkpoints do not store it.",
     )  # fmt: skip
     parser.add_argument(
         "--masc-class-weights",
@@ -118,6 +120,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_output_arguments(parser, args)
     if args.query_mode != "learned":
         parser.error("Released DASCO checkpoints use learned queries; --query-mode must be 'learned'.")
+    args.gate_scale_given = args.gate_scale is not None
+    if args.gate_scale is None:
+        args.gate_scale = DEFAULT_GATE_SCALE
     return args
 
 
@@ -283,8 +288,15 @@ def build_config(base: Path, state: dict, task: str, gcn: dict, args, report: Co
     )  # fmt: skip
     report.notes.append(
         f"Inferred from tensor shapes: task {task}, {gcn['num_gcn_layers']} GCN layers of width "
-        f"{gcn['gcn_hidden_size']}, projection size {gcn['projection_size']}; gate scale {args.gate_scale} (given)."
+        f"{gcn['gcn_hidden_size']}, projection size {gcn['projection_size']}."
     )
+    if not args.gate_scale_given:
+        report.notes.append(
+            f"Gate scale {DEFAULT_GATE_SCALE} (default, as in DASCO's scripts); the fork's runs used 0.25: pass "
+            "--gate-scale 0.25 for its checkpoints."
+        )
+    else:
+        report.notes.append(f"Gate scale {args.gate_scale} (from --gate-scale).")
     return DascoConfig(**settings)
 
 
@@ -335,6 +347,11 @@ def convert(args) -> ConversionReport:
     state = load_state_dict_file(args.checkpoint)
     check_released_keys(state, args.checkpoint)
     base = Path(args.base)
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--base {base} is not a DASCO checkpoint folder (no config.json). Make one with "
+            "conversion.convert_blip2_to_dasco."
+        )
     base_model = DascoForMabsa.from_pretrained(base, dtype=torch.float32)
     check_vision_width(state, base_model.config, args)
 

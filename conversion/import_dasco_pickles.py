@@ -171,8 +171,10 @@ def import_dasco_pickles(
     if model_dir is not None:
         hint = (
             f" DASCO's Twitter pickles contain {BIGG_WIDTH}-wide OpenCLIP ViT-bigG features, which no BLIP-2 vision "
-            "tower produces. Train from the images instead (the Twitter annotations with --image-dir), or leave out "
-            "--model and --vision-cache-dir to convert the text alone and train with --no-image."
+            "tower produces, and the fork's contain 1408-wide features of Salesforce/blip2-opt-2.7b, which fit only a "
+            "--model converted from that checkpoint. Otherwise train from the images (the annotations with "
+            "--image-dir), or leave out --model and --vision-cache-dir to convert the text alone and train with "
+            "--no-image."
         )
         importer = FeatureImporter(model_dir, cache_dir, overwrite=overwrite, wrong_shape_hint=hint)
 
@@ -195,7 +197,7 @@ def print_summary(counts: dict[str, SplitCounts], importer: FeatureImporter | No
         print(
             "Image features were skipped; pass --model and --vision-cache-dir to import them. The image ids "
             "(e.g. train-data_0-0) name no image file, so train without images:\n"
-            f"    accelerate launch train.py --data-dir {args.output} --no-image --blank-missing-images ..."
+            f"    accelerate launch train.py --data-dir {args.output} --no-image ..."
         )
         return
     print(importer.report(args.input))

@@ -50,7 +50,8 @@ UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, AttributeError, ImportErr
 
 
 class PickleImportError(ValueError):
-    """A pickle that may not be read, cannot be read, or contains a value of the wrong type or shape."""
+    """An importer input that may not or cannot be used: a pickle (unread without opt-in, unreadable, or with a value of
+    the wrong type or shape), or the checkpoint that the features are imported for."""
 
 
 def require_pickle_opt_in(files: str | Path, allow_pickle: bool) -> None:
@@ -98,7 +99,10 @@ class FeatureImporter:
         self, model_dir: str | Path, cache_dir: str | Path, overwrite: bool = False, wrong_shape_hint: str = ""
     ):
         self.model_dir = str(model_dir)
-        model = DascoForMabsa.from_pretrained(model_dir, dtype=torch.float32)
+        try:
+            model = DascoForMabsa.from_pretrained(model_dir, dtype=torch.float32)
+        except OSError as error:
+            raise PickleImportError(f"--model {model_dir} could not be loaded as a DASCO checkpoint: {error}") from error
         if not (model.config.use_image and model.config.freeze_vision_model):
             raise PickleImportError(
                 f"{model_dir} has use_image={model.config.use_image} and freeze_vision_model="

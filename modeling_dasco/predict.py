@@ -257,6 +257,9 @@ def main(argv=None) -> int:
         args.explain.mkdir(parents=True, exist_ok=True)
     if args.input is not None:
         return predict_file(pipe, args)
+    if pipe.model.config.task == "masc" and not args.aspects:
+        logger.error(f"{args.model} classifies given aspects (task 'masc'), so it extracts none: pass --aspects.")
+        return 2
     return predict_text(pipe, args, image)
 
 

@@ -87,11 +87,18 @@ def _text_id(value: object, source: str) -> str:
 
 
 def _review_aspect(words: list[str], aspect: dict, label: str, category: str | None, source: str) -> AspectSpan:
+    fields_valid = isinstance(aspect, dict) and {"term", "from", "to"} <= aspect.keys()
+    indices = (aspect.get("from"), aspect.get("to")) if fields_valid else ()
+    if not fields_valid or not all(isinstance(index, int) and not isinstance(index, bool) for index in indices):
+        raise DataFormatError(
+            f"{source}: each review aspect needs 'term' and integer 'from' and 'to' (inclusive word indices), "
+            f"got {aspect!r}."
+        )
     if label not in REVIEW_LABELS:
         accepted = ", ".join(REVIEW_LABELS)
         raise DataFormatError(
-            f"{source}: invalid opinion category {label!r} for aspect {aspect.get('term')!r}. Accepted: {accepted}"
-            f" ({UNKNOWN_LABEL} is skipped by default)."
+            f"{source}: invalid opinion category {label!r} for aspect {aspect['term']!r}. Accepted: {accepted}"
+            f" ({UNKNOWN_LABEL} is skipped unless --unknown-polarity error is given)."
         )
     start, end = aspect["from"], aspect["to"] + 1  # inclusive `to` -> exclusive end
     term = tuple(str(aspect["term"]).split())

@@ -128,6 +128,8 @@ def test_mate_checkpoint_drops_candidate_classifier(tmp_path, tiny_checkpoint, r
     converted = DascoForMabsa.from_pretrained(output)
     report = json.loads((output / "conversion_report.json").read_text())
     assert converted.config.task == "mate"
+    assert converted.config.fusion_gate_scale == 0.2
+    assert any("(default, as in DASCO's scripts)" in note for note in report["notes"])
     assert report["dropped"]["classifier"] == 2
     assert report["dropped"]["text_encoder.encoder"] == 2  # the pooler feeds only the MASC classifier
     assert torch.equal(converted.text_encoder.encoder.layer[1].output.dense.weight,

@@ -129,6 +129,19 @@ def test_missing_image_reported_without_traceback(tiny_checkpoint, tmp_path, cap
     assert f"Image file not found: {missing}" in caplog.text
 
 
+def test_masc_model_needs_aspects(tiny_processor, tmp_path, caplog):
+    from modeling_dasco import DascoForMabsa
+    from modeling_dasco.presets import tiny_config
+
+    checkpoint = tmp_path / "masc"
+    DascoForMabsa(tiny_config(task="masc")).save_pretrained(checkpoint)
+    tiny_processor.save_pretrained(checkpoint)
+    with caplog.at_level(logging.ERROR):
+        status = run_cli(checkpoint, "--text", "Chuck Bass is everything")
+    assert status == 2
+    assert "classifies given aspects (task 'masc'), so it extracts none: pass --aspects." in caplog.text
+
+
 def test_arguments_rejected():
     with pytest.raises(SystemExit):
         main(["--model", "x", "--input", "tweets.jsonl"])

@@ -43,3 +43,13 @@ def test_term_mismatch_names_record(tmp_path):
     broken = [dict(RECORDS[1], review_aspects=[{"term": "Staff", "from": 1, "to": 1}])]
     with pytest.raises(DataFormatError, match=r"reviews.json, record 1: aspect term 'Staff' does not match"):
         read_review_json(write(tmp_path, broken))
+
+
+@pytest.mark.parametrize("aspect", [{"term": "room", "to": 1}, {"term": "room", "from": "1", "to": 1}, "room"])
+def test_malformed_aspect_names_record(tmp_path, aspect):
+    path = tmp_path / "reviews.json"
+    record = {"review": "The room was clean", "review_aspects": [aspect], "review_opinion_categories": ["Positive"],
+              "image_id": "p1.jpg"}  # fmt: skip
+    path.write_text(json.dumps([record]))
+    with pytest.raises(DataFormatError, match=r"record 1: each review aspect needs 'term' and integer 'from' and 'to'"):
+        read_review_json(path)

@@ -82,15 +82,34 @@ def test_output_dir_not_overwritten(trained_run, tiny_checkpoint):
     assert (output_dir / "model.safetensors").read_bytes() == before
 
 
-def test_text_only_run_reads_no_images(tiny_checkpoint, tmp_path):
+def test_eval_only_uses_checkpoint_task_and_no_images(tiny_processor, tmp_path):
+    from modeling_dasco import DascoForMabsa
+    from modeling_dasco.presets import tiny_config
+
+    checkpoint = tmp_path / "text_only_masc"
+    DascoForMabsa(tiny_config(task="masc", use_image=False)).save_pretrained(checkpoint)
+    tiny_processor.save_pretrained(checkpoint)
     output_dir = tmp_path / "out"
     result = run_train(
-        "--model", tiny_checkpoint, "--data-dir", SAMPLE, "--no-image", "--eval-only", "--task", "masc",
-        "--output-dir", output_dir, launcher=(sys.executable,),
+        "--model", checkpoint, "--data-dir", SAMPLE, "--eval-only", "--output-dir", output_dir,
+        launcher=(sys.executable,),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((output_dir / "eval_results.json").read_text())
     assert results["test_predicted_tweets"] == len(read_vlp_json(SAMPLE / "test.json"))
+    assert "test_masc_accuracy" in results
+    assert "test_jmasa_f1" not in results
+
+
+def test_mistyped_model_reported_without_traceback(tmp_path):
+    result = run_train(
+        "--model", tmp_path / "no_such_checkpoint", "--data-dir", SAMPLE, "--blank-missing-images",
+        "--output-dir", tmp_path / "out", launcher=(sys.executable,),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"--model {tmp_path / 'no_such_checkpoint'} could not be loaded" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "split_ids.json").exists()
 
 
 def test_missing_images_fail_without_option(tiny_checkpoint, tmp_path):
