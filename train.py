@@ -34,6 +34,7 @@ from modeling_dasco.data import DataFormatError, read_split
 from modeling_dasco.images import BLANK_OPTION_HINT, ImageLoader, ImageLoadError
 from modeling_dasco.parsing import DEFAULT_PARSER_MODEL, DependencyParser, ParserModelNotFoundError, parse_records
 from modeling_dasco.presets import build_offline_preset
+from modeling_dasco.pretraining import PretrainingSetupError
 from modeling_dasco.pretraining_loop import STAGES, add_pretraining_arguments, check_stage_arguments, run_pretraining
 from modeling_dasco.splits import (
     apply_split_ids,
@@ -79,7 +80,11 @@ class ModelLoadError(OSError):
     """--model names no loadable checkpoint: a mistyped folder, or a Hub id that is unknown or offline."""
 
 
-USER_ERRORS = (DataFormatError, ImageLoadError, ParserModelNotFoundError, FileExistsError, ModelLoadError)
+# FileNotFoundError: a missing split file, whose message lists the names that were tried.
+USER_ERRORS = (
+    DataFormatError, ImageLoadError, ParserModelNotFoundError, FileExistsError, FileNotFoundError, ModelLoadError,
+    PretrainingSetupError,
+)
 CHECKPOINT_PATTERN = re.compile(r"^(epoch|step)_(\d+)$")
 
 

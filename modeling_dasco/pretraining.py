@@ -75,6 +75,10 @@ class DascoPretrainingOutput(ModelOutput):
     itc_logits: torch.FloatTensor | None = None
 
 
+class PretrainingSetupError(ValueError):
+    """The objective weights do not fit the model: all zero, or an objective that the model cannot compute."""
+
+
 class DascoForPretraining(DascoForMabsa):
     """The DASCO backbone with the heads of the pretraining objectives (AOE, ITM, ASSC and ITC).
 
@@ -134,8 +138,10 @@ class DascoForPretraining(DascoForMabsa):
         untrained += [head for head, objective in heads.items() if objective not in weights]
         if "itc" not in weights:
             untrained += ["itm_text_proj", "itm_vision_proj"]
-        if not self.config.use_image or not {"itm", "assc"} & weights.keys():
-            # The Q-Former word embeddings only embed aspect queries, which ITM and ASSC run over images.
+        aspect_queries = self.config.query_mode != "learned"
+        if not self.config.use_image or not aspect_queries or not {"itm", "assc"} & weights.keys():
+            # The Q-Former word embeddings only embed aspect queries, which ITM and ASSC run over images (and
+            # which query_mode="learned" replaces by the learned tokens).
             untrained.append("embeddings")
         for name in untrained:
             module = getattr(self, name)
@@ -146,15 +152,19 @@ class DascoForPretraining(DascoForMabsa):
     def check_objectives(self) -> None:
         weights = self.objective_weights()
         if not weights:
-            raise ValueError("Every pretraining weight is 0; set at least one of pretrain_{aoe,itm,assc,itc}_weight.")
+            raise PretrainingSetupError(
+                "Every pretraining weight is 0; set at least one of pretrain_{aoe,itm,assc,itc}_weight "
+                "(--aoe-weight, --itm-weight, --assc-weight, --itc-weight)."
+            )
         if not self.config.use_image and ("itm" in weights or "itc" in weights):
-            raise ValueError(
-                "ITM and ITC compare images, but use_image=False; set pretrain_itm_weight=0 and pretrain_itc_weight=0."
+            raise PretrainingSetupError(
+                "ITM and ITC compare images, but use_image=False; set pretrain_itm_weight=0 and pretrain_itc_weight=0 "
+                "(--itm-weight 0 --itc-weight 0)."
             )
         if self.config.query_mode == "learned" and "itm" in weights:
-            raise ValueError(
+            raise PretrainingSetupError(
                 "ITM matches each aspect's queries with an image, but query_mode='learned' gives every aspect the same "
-                "queries; set pretrain_itm_weight=0 or use query_mode 'aspect' or 'aspect+learned'."
+                "queries; set pretrain_itm_weight=0 (--itm-weight 0) or use query_mode 'aspect' or 'aspect+learned'."
             )
 
     def forward(

@@ -103,6 +103,13 @@ def check_stage_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(f"Options of fine-tuning were given with --stage pretrain: {', '.join(finetune_options)}; drop them.")
     if args.itc_temperature is not None and args.itc_temperature <= 0:
         parser.error(f"--itc-temperature {args.itc_temperature} is invalid; pass a positive value.")
+    # Checked here as well as in the model, so that a contradiction on the command line fails before any parsing.
+    if all(getattr(args, f"{name}_weight") == 0 for name in OBJECTIVES):
+        parser.error("Every objective weight is 0; leave at least one of --aoe-weight, --itm-weight, --assc-weight "
+                     "or --itc-weight positive.")  # fmt: skip
+    if args.query_mode == "learned" and args.itm_weight != 0:
+        parser.error("--query-mode learned gives every aspect the same queries, so ITM cannot tell them apart; "
+                     "pass --itm-weight 0 as well.")  # fmt: skip
 
 
 def run_pretraining(args, accelerator, build_model, check_images, make_feature_cache) -> dict:
@@ -176,6 +183,12 @@ def save_pretraining(args, accelerator, model, processor, records, image_loader,
         "train_runtime_seconds": round(time.time() - started, 1),
     }  # fmt: skip
 
+    every_image_blank = results["blank_images"] == len({tweet.image_id for tweet in records})
+    if record["objectives"]["itc"] > 0 and every_image_blank:
+        logger.warning(
+            "ITC compared only blank images (no image was read), so its loss is 0 and it trained nothing. Pass "
+            "--itc-weight 0 when the images are missing.", main_process_only=True,
+        )  # fmt: skip
     if record["objectives"]["itm"] > 0 and itm_pairs["negative"] == 0:
         logger.warning(
             "ITM saw no negative pair: in every batch all tweets showed the same image (with --blank-missing-images "
@@ -281,7 +294,10 @@ def pretrain_one_epoch(args, model, optimizer, scheduler, loader, accelerator, p
         batch = attach_image_embeds(batch, loader.collate_fn.feature_cache, accelerator.device)
         with accelerator.accumulate(model):
             outputs = model(**model_inputs(batch, with_labels=True))
-            accelerator.backward(outputs.loss)
+            # The loss is None for a batch without aspects when AOE is off; such a batch has nothing to learn from.
+            # NOTE: with several processes, DDP then expects gradients that this process does not produce.
+            if outputs.loss is not None:
+                accelerator.backward(outputs.loss)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()

@@ -27,10 +27,10 @@ ITC_TEMPERATURE = 0.07  # DascoConfig's default pretrain_itc_temperature
 IMAGE_SHAPE = (257, 32)  # tiny vision tower: 16 x 16 patches + CLS, hidden 32
 
 
-def make_model(**weights) -> DascoForPretraining:
+def make_model(query_mode: str = "aspect", **weights) -> DascoForPretraining:
     settings = {f"pretrain_{name}_weight": weight for name, weight in {**WEIGHTS, **weights}.items()}
     torch.manual_seed(0)
-    return DascoForPretraining(tiny_config(**settings)).eval()
+    return DascoForPretraining(tiny_config(query_mode=query_mode, **settings)).eval()
 
 
 def make_batch(processor, num_tweets: int, image_rows: list[int]) -> dict:
@@ -222,10 +222,14 @@ def test_invalid_objectives_rejected():
         tiny_config(pretrain_itm_weight=-1.0)
 
 
-@pytest.mark.parametrize("weights", [{}, {"itc": 0.0}, {"itm": 0.0, "assc": 0.0}], ids=["all", "no-itc", "aoe-itc"])
-def test_every_trainable_parameter_gets_gradient(tiny_processor, weights):
+@pytest.mark.parametrize(
+    ("query_mode", "weights"),
+    [("aspect", {}), ("aspect", {"itc": 0.0}), ("aspect", {"itm": 0.0, "assc": 0.0}), ("learned", {"itm": 0.0})],
+    ids=["all", "no-itc", "aoe-itc", "learned-queries"],
+)
+def test_every_trainable_parameter_gets_gradient(tiny_processor, query_mode, weights):
     # DDP fails on a trainable parameter without a gradient, so the untrained modules must be frozen.
-    model = make_model(**weights).train()
+    model = make_model(query_mode, **weights).train()
     frozen = model.freeze_untrained_modules()
     model(**make_batch(tiny_processor, 3, [0, 1, 2])).loss.backward()
     trainable = {key: parameter for key, parameter in model.named_parameters() if parameter.requires_grad}
@@ -331,3 +335,22 @@ def test_pretrain_rejects_finetune_options(capsys):
         train.parse_args(["--preset", "offline-minilm", "--data-dir", str(SAMPLE), "--output-dir", "out",
                           "--itm-weight", "0"])  # fmt: skip
     assert "Options of --stage pretrain were given for fine-tuning: --itm-weight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--aoe-weight", "0", "--itm-weight", "0", "--assc-weight", "0", "--itc-weight", "0"],
+         "Every objective weight is 0"),
+        (["--query-mode", "learned"], "--query-mode learned gives every aspect the same queries"),
+    ],
+    ids=["all-zero", "learned-with-itm"],
+)
+def test_pretrain_rejects_contradicting_weights(capsys, options, message):
+    import train
+
+    with pytest.raises(SystemExit) as error:
+        train.parse_args(["--stage", "pretrain", "--preset", "offline-minilm", "--data-dir", str(SAMPLE),
+                          "--output-dir", "out", *options])  # fmt: skip
+    assert error.value.code == 2
+    assert message in capsys.readouterr().err
