@@ -363,9 +363,13 @@ def _pretraining_section(record: dict | None) -> str:
         return ""
 
     folders = []
-    for folder in record.get("data") or []:
+    counts = record.get("tweets_per_folder") or []
+    for index, folder in enumerate(record.get("data") or []):
         dataset_id = infer_dataset(folder)
-        folders.append(f"`{folder}`" + (f" ({DATASET_NAMES[dataset_id]})" if dataset_id else ""))
+        details = [DATASET_NAMES[dataset_id]] if dataset_id else []
+        if index < len(counts):
+            details.append(f"{counts[index]} tweets")
+        folders.append(f"`{folder}`" + (f" ({', '.join(details)})" if details else ""))
     objectives = dict(sorted((record.get("objectives") or {}).items(), key=lambda item: _objective_rank(item[0])))
     used = [f"{name.upper()} {weight}" for name, weight in objectives.items() if weight > 0]
     unused = [name.upper() for name, weight in objectives.items() if weight <= 0]

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -320,6 +321,7 @@ def pretraining_record(args, config, records, steps: int, final_losses: dict, bl
     objectives = {name: getattr(config, f"pretrain_{name}_weight") for name in OBJECTIVES}
     record = {
         "data": [str(folder) for folder in args.data_dir],
+        "tweets_per_folder": tweets_per_folder(args.data_dir, records),
         "split": "train",
         "data_format": args.data_format,
         "train_tweets": len(records),
@@ -335,6 +337,14 @@ def pretraining_record(args, config, records, steps: int, final_losses: dict, bl
     if objectives["itc"] > 0:
         record["itc_temperature"] = config.pretrain_itc_temperature
     return record
+
+
+def tweets_per_folder(folders: list, records: list) -> list[int]:
+    """Count the pretraining tweets of each folder; with `--max-train-samples` a later folder may give none."""
+    if len(folders) == 1:
+        return [len(records)]
+    counts = Counter(record.tweet_id.split("/", 1)[0] for record in records)
+    return [counts[str(index)] for index in range(len(folders))]
 
 
 def format_losses(losses: dict) -> str:

@@ -302,6 +302,7 @@ def test_pretrain_then_finetune_card(tiny_checkpoint, small_data, tmp_path):
     assert record["data"] == [str(small_data), str(SAMPLE)]
     assert record["steps"] == 3
     assert record["train_tweets"] == 12
+    assert record["tweets_per_folder"] == [8, 4]
 
     finetuned = tmp_path / "finetuned"
     result = run_train(
@@ -313,6 +314,7 @@ def test_pretrain_then_finetune_card(tiny_checkpoint, small_data, tmp_path):
     card = (finetuned / "README.md").read_text()
     assert "## Pretraining" in card
     assert "AOE 1.0, ITM 1.0, ASSC 1.0, ITC 0.5" in card
+    assert f"`{SAMPLE}` (4 tweets)" in card
 
 
 def test_finetune_rejects_two_data_dirs(tmp_path, capsys):
