@@ -15,7 +15,14 @@ from .configuration_dasco import DascoConfig
 from .dependency_utils import span_scope
 from .dual_gcn import DascoDualGCN, DascoProjectionHead, scope_contrastive_loss
 from .released_gcn import DascoReleasedDualGCN, DascoReleasedMascHead
-from .span_utils import decode_bio, gather_span_query_ids, masked_mean, word_spans_to_token_mask
+from .span_utils import (
+    decode_bio,
+    first_subtoken_states,
+    gather_span_query_ids,
+    masked_mean,
+    word_spans_to_token_mask,
+    word_tokens_mask,
+)
 
 
 NUM_BIO_TAGS = 3
@@ -250,10 +257,7 @@ class DascoForMabsa(DascoPreTrainedModel):
         text_hidden, first_view, second_view = self.fuse_branches(encoder_hidden, attention_mask, syntax_adjacency)
 
         # 4. MATE: BIO tags read at the first sub-token of each word.
-        word_hidden = torch.gather(
-            text_hidden, 1, word_token_start.unsqueeze(-1).expand(-1, -1, text_hidden.shape[-1])
-        )
-        mate_logits = self.mate_head(word_hidden)
+        mate_logits = self.mate_head(first_subtoken_states(text_hidden, word_token_start))
         mate_loss = None
         if mate_labels is not None and task in ("mate", "jmasa"):
             mate_loss = nn.functional.cross_entropy(
@@ -513,14 +517,13 @@ class DascoForMabsa(DascoPreTrainedModel):
 
         Aspects with an empty span have no anchor in the text, so they are left out of the loss.
         """
-        whole = torch.stack([torch.zeros_like(word_mask[:, 0]), word_mask.sum(-1)], -1)[:, None, :]
-        word_token_mask = word_spans_to_token_mask(whole, word_token_start, word_token_end, span_mask.shape[-1])
+        word_token_mask = word_tokens_mask(word_mask, word_token_start, word_token_end, span_mask.shape[-1])
         return scope_contrastive_loss(
             self.projection_head(first_view),
             self.projection_head(second_view),
             span_mask,
             scope_mask,
-            word_token_mask[:, 0],
+            word_token_mask,
             aspect_mask * span_mask.any(-1).to(aspect_mask.dtype),
             self.config.scope_temperature,
         )

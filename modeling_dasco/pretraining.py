@@ -20,7 +20,13 @@ from torch.nn import functional as F
 from transformers.modeling_outputs import ModelOutput
 
 from .modeling_dasco import DascoForMabsa
-from .span_utils import gather_span_query_ids, masked_mean, word_spans_to_token_mask
+from .span_utils import (
+    first_subtoken_states,
+    gather_span_query_ids,
+    masked_mean,
+    word_spans_to_token_mask,
+    word_tokens_mask,
+)
 
 
 OBJECTIVES = ("aoe", "itm", "assc", "itc")
@@ -274,8 +280,7 @@ class DascoForPretraining(DascoForMabsa):
 
         Returns the logits `[batch, words, 2]` and the loss.
         """
-        word_hidden = torch.gather(text_hidden, 1, word_token_start.unsqueeze(-1).expand(-1, -1, text_hidden.shape[-1]))
-        logits = self.aoe_head(word_hidden)
+        logits = self.aoe_head(first_subtoken_states(text_hidden, word_token_start))
         labels = (mate_labels > 0).long().masked_fill(word_mask == 0, -100)
         loss = F.cross_entropy(logits.reshape(-1, 2).float(), labels.reshape(-1), ignore_index=-100)
         return logits, loss
@@ -403,10 +408,9 @@ class DascoForPretraining(DascoForMabsa):
         A tweet whose image every other tweet of the batch shares keeps only its own pair, so its terms are 0.
         Returns `s [B, B]` and the loss.
         """
-        kept_words = word_mask.sum(-1)
-        whole_tweet = torch.stack([torch.zeros_like(kept_words), kept_words], dim=-1)[:, None, :]
-        word_tokens = word_spans_to_token_mask(whole_tweet, word_token_start, word_token_end, text_only_hidden.shape[1])
-        text_side = F.normalize(self.itm_text_proj(masked_mean(text_only_hidden, word_tokens).squeeze(1)).float(), dim=-1)
+        word_tokens = word_tokens_mask(word_mask, word_token_start, word_token_end, text_only_hidden.shape[1])
+        text_mean = masked_mean(text_only_hidden, word_tokens[:, None, :]).squeeze(1)
+        text_side = F.normalize(self.itm_text_proj(text_mean).float(), dim=-1)
         image_side = F.normalize(self.itm_vision_proj(tweet_query_output.mean(1)).float(), dim=-1)
         logits = text_side @ image_side.T / self.config.pretrain_itc_temperature
         duplicates = same_image & ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)

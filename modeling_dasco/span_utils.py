@@ -58,6 +58,20 @@ def word_spans_to_token_mask(
     return (inside & not_empty[..., None]).float()
 
 
+def first_subtoken_states(hidden: torch.Tensor, word_token_start: torch.LongTensor) -> torch.Tensor:
+    """Pick each word's state at its first sub-token: `hidden [batch, tokens, dim]` to `[batch, words, dim]`."""
+    return torch.gather(hidden, 1, word_token_start.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+def word_tokens_mask(
+    word_mask: torch.LongTensor, word_token_start: torch.LongTensor, word_token_end: torch.LongTensor, num_tokens: int
+) -> torch.LongTensor:
+    """Mark the sub-tokens of each tweet's kept words (no special tokens, no padding): `[batch, num_tokens]`."""
+    kept_words = word_mask.sum(-1)
+    whole_tweet = torch.stack([torch.zeros_like(kept_words), kept_words], dim=-1)[:, None, :]
+    return word_spans_to_token_mask(whole_tweet, word_token_start, word_token_end, num_tokens)[:, 0]
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Average `values [batch, tokens, dim]` over the tokens of each `mask [batch, rows, tokens]` row.
 
