@@ -98,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Folder or Hub id with the config.json and tokenizer of the checkpoint's text encoder (the released "
         "code's Text_encoder/model_best). Default: the text encoder config and tokenizer of --base.",
     )
+
     parser.add_argument(
         "--skip-qformer", action="store_true",
         help="Keep the Q-Former and learned queries of --base and drop the checkpoint's (`pdq.*`), e.g. when they "
@@ -113,16 +114,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="MASC loss weights in the released order POS,NEU,NEG (e.g. 0.14,0.46,0.4 from DASCO's Twitter-2017 "
         "script); stored reordered as negative,neutral,positive. Default: unweighted.",
     )
+
     parser.add_argument("--output", required=True, help="Folder to write the DASCO checkpoint to.")
     add_output_arguments(parser)
     parser.set_defaults(query_mode="learned")
+
     args = parser.parse_args(argv)
     check_output_arguments(parser, args)
     if args.query_mode != "learned":
         parser.error("Released DASCO checkpoints use learned queries; --query-mode must be 'learned'.")
-    args.gate_scale_given = args.gate_scale is not None
-    if args.gate_scale is None:
-        args.gate_scale = DEFAULT_GATE_SCALE
     return args
 
 
@@ -281,16 +281,17 @@ def build_config(base: Path, state: dict, task: str, gcn: dict, args, report: Co
             f"The checkpoint's GCN reads {gcn['text_hidden_size']}-wide text states, but the text encoder config "
             f"has hidden size {text_hidden}. Pass --text-encoder with the checkpoint's text encoder config."
         )
+    gate_scale = DEFAULT_GATE_SCALE if args.gate_scale is None else args.gate_scale
     settings.update(
         fusion_style="released", query_mode="learned", task=task, num_gcn_layers=gcn["num_gcn_layers"],
         gcn_hidden_size=gcn["gcn_hidden_size"], projection_size=gcn["projection_size"],
-        fusion_gate_scale=args.gate_scale, masc_class_weights=released_class_weights(args.masc_class_weights),
+        fusion_gate_scale=gate_scale, masc_class_weights=released_class_weights(args.masc_class_weights),
     )  # fmt: skip
     report.notes.append(
         f"Inferred from tensor shapes: task {task}, {gcn['num_gcn_layers']} GCN layers of width "
         f"{gcn['gcn_hidden_size']}, projection size {gcn['projection_size']}."
     )
-    if not args.gate_scale_given:
+    if args.gate_scale is None:
         report.notes.append(
             f"Gate scale {DEFAULT_GATE_SCALE} (default, as in DASCO's scripts); the fork's runs used 0.25: pass "
             "--gate-scale 0.25 for its checkpoints."

@@ -10,11 +10,11 @@ vision tower returns as `image_embeds`. They are stored in the cache folder that
 --vision-cache-dir <dir>` uses, under `imported_image_key(image_id)`, in the vision tower's dtype (float32).
 Training then reads them for every record with that image id, and needs no image file for it.
 
-Unpickling can run arbitrary code, so nothing is read without `--allow-pickle`. Every value is checked, and the
-import stops with an error naming the file and the URL for any of these: a missing `image_id`; features that are
-not a floating-point array of the shape that the checkpoint's vision tower produces, or that are not finite; a
-`shape` that disagrees with the array; two different arrays for one image id. Nothing is written before every
-value has passed.
+Unpickling can run arbitrary code, so nothing is read without `--allow-pickle`. Every value is checked. The
+import stops with an error naming the file and the URL for a missing `image_id`, for features that are not a
+finite floating-point array of the shape that the checkpoint's vision tower produces, for a `shape` that
+disagrees with the array, and for two different arrays of one image id. Nothing is written before every value
+has passed.
 
 NOTE: only the shape can be checked. The features fit the checkpoint only if its vision tower is the one that
 computed them: for the fork's, convert Salesforce/blip2-opt-2.7b with `conversion.convert_blip2_to_dasco`.

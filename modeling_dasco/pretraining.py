@@ -54,8 +54,9 @@ class DascoPretrainingOutput(ModelOutput):
     aoe_logits (`torch.FloatTensor` of shape `(batch_size, num_words, 2)`, *optional*):
         Scores (outside, inside an aspect) of each word, read at its first sub-token.
     itm_logits (`torch.FloatTensor` of shape `(num_pairs, 2)`, *optional*):
-        Scores (no match, match) of each pair: first one positive pair per real aspect, in the row-major order of
-        `aspect_mask`, then one negative pair per real aspect that has a negative, in the same order.
+        Scores (no match, match) of each pair. The rows start with one positive pair per real aspect, in the
+        row-major order of `aspect_mask`. One negative pair follows per real aspect that has a negative, in the
+        same order.
     itm_labels (`torch.LongTensor` of shape `(num_pairs,)`, *optional*):
         1 for the positive pairs, 0 for the negative ones.
     itm_negative_tweets (`torch.LongTensor` of shape `(num_real_aspects,)`, *optional*):
